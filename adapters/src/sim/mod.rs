@@ -1,0 +1,146 @@
+//! Simulators of the external systems tilts talks to, for tests and `tilts demo`: real HTTP
+//! servers on real sockets, with fictional data, request recording and fault injection.
+//!
+//! - [`server`]: the shared machinery ([`SimServer`], [`RecordedRequest`], [`Faults`]) and the
+//!   control endpoints every simulator serves, which are neither recorded nor faulted:
+//!   `GET /_sim/health`, `GET /_sim/requests` (bodies as text), `DELETE /_sim/requests`,
+//!   `GET /_sim/faults` and `POST /_sim/faults` with `{"mode":"fail","status":503,"count":2}`,
+//!   `{"mode":"fail_always","status":500}`, `{"mode":"delay","ms":3000}`,
+//!   `{"mode":"reset","count":1}` or `{"mode":"none"}` (settings combine; `none` clears all).
+//! - [`enterprise_register`]: the Enterprise Register (UR), company lookup and search.
+//! - [`address_register`]: the State Address Register (VZD), address lookup and search.
+//! - [`social_services`]: a social service's case intake that receives applications.
+//!
+//! Each module documents its contract and exports its notable fixtures as constants, so tests
+//! and the demo can name them instead of copying numbers.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+
+pub mod address_register;
+pub mod enterprise_register;
+pub mod server;
+pub mod social_services;
+
+pub use server::{Faults, RecordedRequest, SimServer};
+
+/// Starts the Enterprise Register simulator (name `enterprise-register`) on `addr`.
+pub async fn enterprise_register(addr: SocketAddr) -> io::Result<SimServer> {
+    SimServer::start("enterprise-register", addr, enterprise_register::router()).await
+}
+
+/// Starts the State Address Register simulator (name `address-register`) on `addr`.
+pub async fn address_register(addr: SocketAddr) -> io::Result<SimServer> {
+    SimServer::start("address-register", addr, address_register::router()).await
+}
+
+/// Starts the social services case intake simulator (name `social-services`) on `addr`, with an
+/// empty case register.
+pub async fn social_services(addr: SocketAddr) -> io::Result<SimServer> {
+    SimServer::start("social-services", addr, social_services::router()).await
+}
+
+/// All simulators, each on its own free port of 127.0.0.1.
+#[derive(Debug)]
+pub struct Simulators {
+    /// The Enterprise Register (UR).
+    pub enterprise_register: SimServer,
+    /// The State Address Register (VZD).
+    pub address_register: SimServer,
+    /// The social services case intake.
+    pub social_services: SimServer,
+}
+
+impl Simulators {
+    /// Starts every simulator on `127.0.0.1:0`.
+    pub async fn start() -> io::Result<Simulators> {
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Ok(Simulators {
+            enterprise_register: enterprise_register(any_port).await?,
+            address_register: address_register(any_port).await?,
+            social_services: social_services(any_port).await?,
+        })
+    }
+
+    /// Every simulator, e.g. to clear faults or recordings between test steps.
+    pub fn all(&self) -> [&SimServer; 3] {
+        [
+            &self.enterprise_register,
+            &self.address_register,
+            &self.social_services,
+        ]
+    }
+
+    /// Stops every simulator gracefully.
+    pub async fn shutdown(self) {
+        let Simulators {
+            enterprise_register,
+            address_register,
+            social_services,
+        } = self;
+        tokio::join!(
+            enterprise_register.shutdown(),
+            address_register.shutdown(),
+            social_services.shutdown()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn start_gives_three_distinct_working_simulators() {
+        let sims = Simulators::start().await.unwrap();
+        let urls: std::collections::HashSet<String> = sims.all().iter().map(|s| s.url()).collect();
+        assert_eq!(urls.len(), 3);
+        for sim in sims.all() {
+            assert!(sim.url().starts_with("http://127.0.0.1:"));
+            let health: serde_json::Value = reqwest::get(format!("{}/_sim/health", sim.url()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(health["simulator"], sim.name());
+        }
+        let names: Vec<&str> = sims.all().iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            ["enterprise-register", "address-register", "social-services"]
+        );
+
+        let company = reqwest::get(format!(
+            "{}/companies/{}",
+            sims.enterprise_register.url(),
+            enterprise_register::MUNICIPALITY
+        ))
+        .await
+        .unwrap();
+        assert_eq!(company.status(), 200);
+        let address = reqwest::get(format!(
+            "{}/addresses/{}",
+            sims.address_register.url(),
+            address_register::RIGA
+        ))
+        .await
+        .unwrap();
+        assert_eq!(address.status(), 200);
+        let case = reqwest::Client::new()
+            .post(format!("{}/cases", sims.social_services.url()))
+            .json(&serde_json::json!({
+                "applicationId": "APP-1", "serviceCode": "SOC-1",
+                "applicant": {"personalCode": "150285-10005"}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(case.status(), 201);
+        // Each simulator recorded only its own request.
+        for sim in sims.all() {
+            assert_eq!(sim.requests().len(), 1, "{}", sim.name());
+        }
+        sims.shutdown().await;
+    }
+}

@@ -1,0 +1,1037 @@
+//! `tilts check`: reads routes.yaml and every file it refers to, compiles all of it into a
+//! [`Plan`], and reports *every* problem at once with file, line, column, the route/step path and
+//! what to write instead. `tilts serve` runs only a plan that checked clean.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tilts_adapters::http::{HttpAuth, HttpSystem, HttpSystemSpec};
+use tilts_adapters::ident;
+
+use crate::config::types::{self, StatusPattern};
+use crate::config::{env, yaml};
+use crate::diag::{Diagnostic, Diagnostics, closest};
+use crate::expr::Expr;
+use crate::mapping::{Format, Mappings, TemplateRef};
+use crate::plan::{self, Plan};
+use crate::schema::Schema;
+
+/// Names every route can read in conditions and templates.
+pub const BUILTIN_NAMES: &[&str] = &[
+    "body", "headers", "query", "params", "payload", "route", "message",
+];
+
+/// Paths tilts serves itself; routes cannot take them.
+pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// Reads and compiles a route file, taking `${VAR}`s from the process environment.
+pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
+    load_with_env(path, &|k| std::env::var(k).ok())
+}
+
+/// Reads and compiles a route file with the given variable lookup (tests pass their own).
+pub fn load_with_env(
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan, Diagnostics> {
+    let mut c = Checker::new(path);
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            c.push_at(1, 1, "", format!("cannot read the route file: {e}"), Some(
+                "pass the route file's path: tilts check path/to/routes.yaml".into(),
+            ));
+            return Err(c.finish_err());
+        }
+    };
+    match yaml::parse(&text) {
+        Ok(l) => c.located = l,
+        Err(e) => {
+            c.push_at(e.pos.line, e.pos.column, "", format!("YAML syntax: {}", e.message), None);
+            return Err(c.finish_err());
+        }
+    }
+    let mut root = std::mem::take(&mut c.located.value);
+    let mut env_problems = Vec::new();
+    env::interpolate(&mut root, "", lookup, &mut env_problems);
+    for p in env_problems {
+        c.bad_pointers.insert(p.pointer.clone());
+        c.push(&p.pointer, p.message, None);
+    }
+    c.located.value = root;
+    let plan = c.check_file();
+    match plan {
+        Some(plan) if c.diags.is_empty() => Ok(plan),
+        _ => Err(c.finish_err()),
+    }
+}
+
+struct Checker {
+    file: PathBuf,
+    base_dir: PathBuf,
+    located: yaml::Located,
+    diags: Vec<Diagnostic>,
+    /// Pointers already reported (e.g. a missing env var), so follow-on errors are not repeated.
+    bad_pointers: HashSet<String>,
+    mappings: Mappings,
+    mappings_dir: PathBuf,
+    templates: HashMap<String, Option<TemplateRef>>,
+    schemas: HashMap<String, Option<Arc<Schema>>>,
+    system_names: Vec<String>,
+}
+
+impl Checker {
+    fn new(path: &Path) -> Self {
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Checker {
+            file: path.to_path_buf(),
+            mappings_dir: base_dir.join("mappings"),
+            base_dir,
+            located: yaml::Located::default(),
+            diags: Vec::new(),
+            bad_pointers: HashSet::new(),
+            mappings: Mappings::new(),
+            templates: HashMap::new(),
+            schemas: HashMap::new(),
+            system_names: Vec::new(),
+        }
+    }
+
+    fn finish_err(mut self) -> Diagnostics {
+        self.diags.sort_by(|a, b| {
+            (a.file != self.file, &a.file, a.line, a.column).cmp(&(
+                b.file != self.file,
+                &b.file,
+                b.line,
+                b.column,
+            ))
+        });
+        self.diags.dedup();
+        Diagnostics(self.diags)
+    }
+
+    fn push_at(&mut self, line: u64, column: u64, context: &str, message: String, help: Option<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            context: context.to_string(),
+            message,
+            help,
+        });
+    }
+
+    /// Reports a problem at the value at `pointer`.
+    fn push(&mut self, pointer: &str, message: impl Into<String>, help: Option<String>) {
+        let pos = self.located.pos(pointer);
+        let ctx = self.context(pointer);
+        self.push_at(pos.line, pos.column, &ctx, message.into(), help);
+    }
+
+    /// Reports a problem at the key of the node at `pointer`.
+    fn push_key(&mut self, pointer: &str, message: impl Into<String>, help: Option<String>) {
+        let pos = self.located.key_pos(pointer);
+        let ctx = self.context(pointer);
+        self.push_at(pos.line, pos.column, &ctx, message.into(), help);
+    }
+
+    fn is_bad(&self, pointer: &str) -> bool {
+        self.bad_pointers
+            .iter()
+            .any(|b| b == pointer || b.starts_with(&format!("{pointer}/")))
+    }
+
+    /// `route company-lookup › steps[1].call.system` for `/routes/3/steps/1/call/system`.
+    fn context(&self, pointer: &str) -> String {
+        let segs: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let rest = |from: usize| {
+            let mut s = String::new();
+            for seg in segs.iter().skip(from) {
+                if seg.parse::<usize>().is_ok() {
+                    s.push_str(&format!("[{seg}]"));
+                } else {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(seg);
+                }
+            }
+            s
+        };
+        match segs.first().map(String::as_str) {
+            Some("routes") if segs.len() >= 2 => {
+                let idx: usize = segs[1].parse().unwrap_or(0);
+                let id = self.located.value["routes"][idx]["id"]
+                    .as_str()
+                    .map(|s| format!("route {s}"))
+                    .unwrap_or_else(|| format!("routes[{idx}]"));
+                let r = rest(2);
+                if r.is_empty() { id } else { format!("{id} › {r}") }
+            }
+            Some("systems") if segs.len() >= 2 => {
+                let r = rest(2);
+                let s = format!("system {}", segs[1]);
+                if r.is_empty() { s } else { format!("{s} › {r}") }
+            }
+            _ => rest(0),
+        }
+    }
+
+    /// Deserializes the node at `pointer` into `T`, reporting serde's complaint at its place.
+    fn typed<T: DeserializeOwned>(&mut self, pointer: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let mut ptr = pointer.to_string();
+                for seg in e.path().iter() {
+                    use serde_path_to_error::Segment;
+                    match seg {
+                        Segment::Seq { index } => ptr.push_str(&format!("/{index}")),
+                        Segment::Map { key } => {
+                            ptr.push('/');
+                            ptr.push_str(&yaml::escape_pointer(key));
+                        }
+                        Segment::Enum { variant } => {
+                            ptr.push('/');
+                            ptr.push_str(&yaml::escape_pointer(variant));
+                        }
+                        Segment::Unknown => {}
+                    }
+                }
+                if self.is_bad(&ptr) {
+                    return None;
+                }
+                let msg = e.inner().to_string();
+                self.serde_diag(&ptr, &msg);
+                None
+            }
+        }
+    }
+
+    fn serde_diag(&mut self, ptr: &str, msg: &str) {
+        let quoted = |prefix: &str| -> Option<String> {
+            let i = msg.find(prefix)? + prefix.len();
+            let end = msg[i..].find('`')?;
+            Some(msg[i..i + end].to_string())
+        };
+        let expected: Vec<String> = msg
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| msg.split("expected ").nth(1))
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().trim_matches(|c| c == '`' || c == ' ').to_string())
+                    .filter(|p| !p.is_empty() && !p.contains(' '))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let help_for = |word: &str| -> Option<String> {
+            let cands: Vec<&str> = expected.iter().map(String::as_str).collect();
+            closest(word, cands.iter().copied())
+                .map(|c| format!("did you mean `{c}`?"))
+                .or_else(|| {
+                    (!expected.is_empty())
+                        .then(|| format!("write one of: {}", expected.join(", ")))
+                })
+        };
+        if let Some(field) = quoted("unknown field `") {
+            let key_ptr = if ptr.ends_with(&format!("/{}", yaml::escape_pointer(&field))) {
+                ptr.to_string()
+            } else {
+                format!("{ptr}/{}", yaml::escape_pointer(&field))
+            };
+            let help = help_for(&field);
+            self.push_key(&key_ptr, format!("unknown field `{field}`"), help);
+        } else if let Some(variant) = quoted("unknown variant `") {
+            let key_ptr = if ptr.ends_with(&format!("/{}", yaml::escape_pointer(&variant))) {
+                ptr.to_string()
+            } else {
+                format!("{ptr}/{}", yaml::escape_pointer(&variant))
+            };
+            let help = help_for(&variant);
+            self.push_key(&key_ptr, format!("unknown kind `{variant}`"), help);
+        } else if let Some(field) = quoted("missing field `") {
+            self.push(
+                ptr,
+                format!("missing field `{field}`"),
+                Some(format!("add `{field}: ...` here")),
+            );
+        } else {
+            // serde's text for type errors ("invalid type: integer `5`, expected a string") is
+            // already specific; strip its position suffix, tilts prints the position itself.
+            let clean = msg.split(" at line ").next().unwrap_or(msg).to_string();
+            self.push(ptr, clean, None);
+        }
+    }
+
+    fn check_file(&mut self) -> Option<Plan> {
+        let root = self.located.value.clone();
+        let Some(obj) = root.as_object() else {
+            self.push(
+                "",
+                "the route file must be a mapping with `version`, `systems` and `routes`",
+                Some("start the file with `version: 1`".into()),
+            );
+            return None;
+        };
+        const TOP: &[&str] = &["version", "server", "systems", "routes"];
+        for k in obj.keys() {
+            if !TOP.contains(&k.as_str()) {
+                let help = closest(k, TOP.iter().copied())
+                    .map(|c| format!("did you mean `{c}`?"))
+                    .or_else(|| Some(format!("top-level keys are: {}", TOP.join(", "))));
+                self.push_key(&format!("/{}", yaml::escape_pointer(k)), format!("unknown field `{k}`"), help);
+            }
+        }
+        match obj.get("version") {
+            None => self.push("", "missing field `version`", Some("add `version: 1` at the top".into())),
+            Some(v) if v.as_u64() == Some(1) => {}
+            Some(_) => self.push("/version", "unsupported version", Some("this tilts reads `version: 1`".into())),
+        }
+        let settings: types::ServerSettings = match obj.get("server") {
+            Some(v) => self.typed("/server", v).unwrap_or_default(),
+            None => types::ServerSettings::default(),
+        };
+        self.check_settings(&settings);
+
+        // Systems first: routes refer to them.
+        let mut systems = HashMap::new();
+        let empty = serde_json::Map::new();
+        let sys_obj = match obj.get("systems") {
+            Some(Value::Object(m)) => m,
+            Some(Value::Null) | None => &empty,
+            Some(_) => {
+                self.push("/systems", "`systems` must be a mapping of name -> system", None);
+                &empty
+            }
+        };
+        self.system_names = sys_obj.keys().cloned().collect();
+        for (name, v) in sys_obj {
+            let ptr = format!("/systems/{}", yaml::escape_pointer(name));
+            if let Some(cfg) = self.typed::<types::SystemConfig>(&ptr, v)
+                && let Some(sys) = self.check_system(&ptr, name, &cfg)
+            {
+                systems.insert(name.clone(), sys);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let empty_routes = Vec::new();
+        let route_list = match obj.get("routes") {
+            Some(Value::Array(a)) => a,
+            Some(Value::Null) | None => &empty_routes,
+            Some(_) => {
+                self.push("/routes", "`routes` must be a list of routes (each item starts with `- id:`)", None);
+                &empty_routes
+            }
+        };
+        let mut ids: HashMap<String, u64> = HashMap::new();
+        let mut endpoints: HashMap<(String, String), String> = HashMap::new();
+        for (i, v) in route_list.iter().enumerate() {
+            let ptr = format!("/routes/{i}");
+            let Some(cfg) = self.typed::<types::RouteConfig>(&ptr, v) else {
+                continue;
+            };
+            if let Some(line) = ids.get(&cfg.id) {
+                self.push(
+                    &format!("{ptr}/id"),
+                    format!("duplicate route id `{}` (first used on line {line})", cfg.id),
+                    Some("give every route its own id".into()),
+                );
+            } else {
+                ids.insert(cfg.id.clone(), self.located.pos(&format!("{ptr}/id")).line);
+            }
+            if let Some(route) = self.check_route(&ptr, &cfg, &systems, &mut endpoints) {
+                routes.push(Arc::new(route));
+            }
+        }
+        let mappings = std::mem::take(&mut self.mappings);
+        Some(Plan {
+            settings,
+            systems,
+            routes,
+            mappings,
+        })
+    }
+
+    fn check_settings(&mut self, s: &types::ServerSettings) {
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            self.push(
+                "/server/listen",
+                "`listen` is not an address",
+                Some("write host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080".into()),
+            );
+        }
+        if s.body_limit.0 == 0 {
+            self.push("/server/body_limit", "`body_limit` must be more than 0", None);
+        }
+        self.mappings_dir = self.base_dir.join(&s.mappings);
+        if !self.mappings_dir.is_dir() {
+            let ptr = if self.located.value["server"]["mappings"].is_null() { "" } else { "/server/mappings" };
+            self.push(
+                ptr,
+                format!("the mappings folder {} does not exist", self.mappings_dir.display()),
+                Some("create it next to the route file, or set `server.mappings`".into()),
+            );
+        }
+    }
+
+    fn check_system(&mut self, ptr: &str, name: &str, cfg: &types::SystemConfig) -> Option<HttpSystem> {
+        let timeout = cfg.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
+        let connect_timeout = cfg.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(3));
+        if timeout.is_zero() {
+            self.push(&format!("{ptr}/timeout"), "timeout must be more than 0", None);
+        }
+        let Some(http) = &cfg.http else {
+            self.push(
+                ptr,
+                format!("system `{name}` says nothing about how to reach it"),
+                Some("add `http: { url: https://... }`".into()),
+            );
+            return None;
+        };
+        let url_ptr = format!("{ptr}/http/url");
+        let mut ok = true;
+        if !self.is_bad(&url_ptr) {
+            match http.url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+                _ => {
+                    ok = false;
+                    self.push(
+                        &url_ptr,
+                        "`url` is not an http:// or https:// URL",
+                        Some("write e.g. https://registry.example.lv/api or ${REGISTRY_URL}".into()),
+                    );
+                }
+            }
+        } else {
+            ok = false;
+        }
+        let headers = self.check_static_headers(&format!("{ptr}/http/headers"), &http.headers);
+        let auth = http.auth.as_ref().map(|a| match a {
+            types::HttpAuthConfig::Bearer { token } => HttpAuth::Bearer(token.clone()),
+            types::HttpAuthConfig::Basic { username, password } => HttpAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+        });
+        if !ok {
+            return None;
+        }
+        match HttpSystem::new(HttpSystemSpec {
+            name: name.to_string(),
+            base_url: http.url.trim_end_matches('/').to_string(),
+            timeout,
+            connect_timeout,
+            headers,
+            auth,
+        }) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.push(ptr, e, None);
+                None
+            }
+        }
+    }
+
+    fn check_static_headers(
+        &mut self,
+        ptr: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        for (k, v) in headers {
+            let hp = format!("{ptr}/{}", yaml::escape_pointer(k));
+            let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
+                self.push_key(&hp, format!("`{k}` is not a valid header name"), None);
+                continue;
+            };
+            let Ok(value) = HeaderValue::from_str(v) else {
+                self.push(&hp, "not a valid header value (visible ASCII only)", None);
+                continue;
+            };
+            out.push((name, value));
+        }
+        out
+    }
+
+    fn check_route(
+        &mut self,
+        ptr: &str,
+        cfg: &types::RouteConfig,
+        systems: &HashMap<String, HttpSystem>,
+        endpoints: &mut HashMap<(String, String), String>,
+    ) -> Option<plan::Route> {
+        let mut ok = true;
+        if cfg.id.is_empty()
+            || !cfg.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            ok = false;
+            self.push(
+                &format!("{ptr}/id"),
+                "a route id is letters, digits, `-` and `_`",
+                Some("e.g. `id: company-lookup`".into()),
+            );
+        }
+        if !ident::is_valid_reg_no(&cfg.owner) {
+            ok = false;
+            let why = ident::reg_no_check_error(&cfg.owner).unwrap_or("is not valid");
+            self.push(
+                &format!("{ptr}/owner"),
+                format!("`owner` must be the owning institution's Enterprise Register number: {why}"),
+                Some("write the 11-digit number in quotes, e.g. owner: \"90000038741\"".into()),
+            );
+        }
+        let types::Source::Http(src) = &cfg.from;
+        let method = match parse_method(&src.method) {
+            Some(m) => m,
+            None => {
+                ok = false;
+                self.push(
+                    &format!("{ptr}/from/http/method"),
+                    format!("`{}` is not a method routes can take", src.method),
+                    Some("write GET, POST, PUT, PATCH or DELETE".into()),
+                );
+                Method::POST
+            }
+        };
+        let path_ptr = format!("{ptr}/from/http/path");
+        match check_route_path(&src.path) {
+            Err(msg) => {
+                ok = false;
+                self.push(&path_ptr, msg, Some("e.g. `path: /v1/cases/{caseId}`".into()));
+            }
+            Ok(()) => {
+                let key = (method.to_string(), normalize_path(&src.path));
+                if let Some(other) = endpoints.get(&key) {
+                    ok = false;
+                    let msg = format!("{} {} is already taken by route `{other}`", method, src.path);
+                    self.push(&path_ptr, msg, Some("give each route its own method and path".into()));
+                } else {
+                    endpoints.insert(key, cfg.id.clone());
+                }
+            }
+        }
+        let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
+        let steps = self.check_steps(&format!("{ptr}/steps"), "steps", &cfg.steps, systems, &mut names, &cfg.id);
+        let to = cfg.to.as_ref().and_then(|d| {
+            let call = types::CallStep {
+                system: d.system.clone(),
+                method: Some(d.method.clone().unwrap_or_else(|| "POST".into())),
+                path: d.path.clone(),
+                body: None,
+                headers: d.headers.clone(),
+                as_name: String::new(),
+                accept: d.accept.clone(),
+                timeout: None,
+            };
+            self.check_call(&format!("{ptr}/to"), "to", &call, systems, &names, &cfg.id, false)
+        });
+        if cfg.to.is_some() && to.is_none() {
+            ok = false;
+        }
+        let steps = steps?;
+        ok.then(|| plan::Route {
+            id: cfg.id.clone(),
+            owner: cfg.owner.clone(),
+            description: cfg.description.clone(),
+            method,
+            path: src.path.clone(),
+            steps,
+            to,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_steps(
+        &mut self,
+        ptr: &str,
+        label: &str,
+        steps: &[types::Step],
+        systems: &HashMap<String, HttpSystem>,
+        names: &mut Vec<String>,
+        route_id: &str,
+    ) -> Option<Vec<plan::Step>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, step) in steps.iter().enumerate() {
+            let sp = format!("{ptr}/{i}/{}", step.kind());
+            let sl = format!("{label}[{i}].{}", step.kind());
+            let compiled = match step {
+                types::Step::Validate(file) => self
+                    .schema(&sp, file)
+                    .map(|schema| plan::Step::Validate { label: sl, schema }),
+                types::Step::Map(m) => {
+                    let (file, as_name, fptr) = match m {
+                        types::MapStep::Replace(f) => (f, None, sp.clone()),
+                        types::MapStep::Named(n) => {
+                            (&n.template, Some(n.as_name.clone()), format!("{sp}/template"))
+                        }
+                    };
+                    if let Some(n) = &as_name
+                        && !self.define_name(&format!("{sp}/as"), n, names)
+                    {
+                        ok = false;
+                    }
+                    self.template(&fptr, file).map(|template| plan::Step::Map {
+                        label: sl,
+                        template,
+                        as_name,
+                    })
+                }
+                types::Step::Call(c) => {
+                    let call = self.check_call(&sp, &sl, c, systems, names, route_id, true);
+                    if !self.define_name(&format!("{sp}/as"), &c.as_name, names) {
+                        ok = false;
+                    }
+                    call.map(|call| plan::Step::Call { label: sl, call })
+                }
+                types::Step::Choice(branches) => self
+                    .check_choice(&sp, &sl, branches, systems, names, route_id)
+                    .map(|branches| plan::Step::Choice { label: sl, branches }),
+                types::Step::Respond(r) => self
+                    .check_respond(&sp, &sl, r, route_id)
+                    .map(|respond| plan::Step::Respond { label: sl, respond }),
+            };
+            match compiled {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn check_choice(
+        &mut self,
+        ptr: &str,
+        label: &str,
+        branches: &[types::ChoiceBranch],
+        systems: &HashMap<String, HttpSystem>,
+        names: &mut Vec<String>,
+        route_id: &str,
+    ) -> Option<Vec<plan::Branch>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        if branches.is_empty() {
+            self.push(ptr, "a choice needs at least one branch", Some("add `- when: <condition>` with `steps:` or `respond:`".into()));
+            return None;
+        }
+        for (i, b) in branches.iter().enumerate() {
+            let bp = format!("{ptr}/{i}");
+            let bl = format!("{label}[{i}]");
+            let (when, steps_cfg, steps_ptr, steps_label): (Option<Expr>, Vec<types::Step>, String, String) =
+                match (&b.when, &b.otherwise) {
+                    (Some(_), Some(_)) => {
+                        ok = false;
+                        self.push(&format!("{bp}/otherwise"), "a branch has either `when` or `otherwise`, not both", None);
+                        continue;
+                    }
+                    (None, None) => {
+                        ok = false;
+                        self.push(&bp, "a branch needs `when: <condition>` (or `otherwise:` as the last branch)", None);
+                        continue;
+                    }
+                    (None, Some(steps)) => {
+                        if i + 1 != branches.len() {
+                            ok = false;
+                            self.push_key(&format!("{bp}/otherwise"), "`otherwise` must be the last branch", Some("move it to the end of the choice".into()));
+                        }
+                        if !b.steps.is_empty() || b.respond.is_some() {
+                            ok = false;
+                            self.push(&bp, "put the steps of `otherwise` under it: `otherwise: [ ... ]`", None);
+                        }
+                        (None, steps.clone(), format!("{bp}/otherwise"), format!("{bl}.otherwise"))
+                    }
+                    (Some(cond), None) => {
+                        let wp = format!("{bp}/when");
+                        let expr = match Expr::parse(cond) {
+                            Ok(e) => {
+                                for (root, off) in e.roots() {
+                                    if !names.contains(&root) {
+                                        ok = false;
+                                        let help = closest(&root, names.iter().map(String::as_str))
+                                            .map(|c| format!("did you mean `{c}`?"))
+                                            .unwrap_or_else(|| format!("names here: {}", names.join(", ")));
+                                        self.push(&wp, format!("unknown name `{root}` in condition (at character {})", off + 1), Some(help));
+                                    }
+                                }
+                                Some(e)
+                            }
+                            Err(e) => {
+                                ok = false;
+                                self.push(&wp, format!("condition: {} (at character {})", e.message, e.offset + 1), None);
+                                None
+                            }
+                        };
+                        let mut steps = b.steps.clone();
+                        if let Some(r) = &b.respond {
+                            steps.push(types::Step::Respond(r.clone()));
+                        }
+                        if steps.is_empty() {
+                            ok = false;
+                            self.push(&bp, "this branch does nothing", Some("add `steps: [...]` or `respond: {...}`".into()));
+                        }
+                        let sp = if b.respond.is_some() && b.steps.is_empty() {
+                            // A shorthand respond is reported at the `respond` key.
+                            bp.clone()
+                        } else {
+                            format!("{bp}/steps")
+                        };
+                        (expr, steps, sp, format!("{bl}.steps"))
+                    }
+                };
+            let compiled = if steps_ptr == bp {
+                // Shorthand `respond:` → one step located at the branch's `respond` key.
+                let r = b.respond.as_ref().expect("shorthand branch has respond");
+                self.check_respond(&format!("{bp}/respond"), &format!("{bl}.respond"), r, route_id)
+                    .map(|respond| vec![plan::Step::Respond { label: format!("{bl}.respond"), respond }])
+            } else {
+                self.check_steps(&steps_ptr, &steps_label, &steps_cfg, systems, names, route_id)
+            };
+            match compiled {
+                Some(steps) => out.push(plan::Branch { when, steps }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn define_name(&mut self, ptr: &str, name: &str, names: &mut Vec<String>) -> bool {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            self.push(ptr, format!("`{name}` cannot be a name: use letters, digits and `_`"), Some("e.g. `as: company`".into()));
+            return false;
+        }
+        if BUILTIN_NAMES.contains(&name) {
+            self.push(ptr, format!("`{name}` is a built-in name"), Some(format!("pick another name; built-ins are {}", BUILTIN_NAMES.join(", "))));
+            return false;
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_call(
+        &mut self,
+        ptr: &str,
+        label: &str,
+        c: &types::CallStep,
+        systems: &HashMap<String, HttpSystem>,
+        _names: &[String],
+        route_id: &str,
+        is_step: bool,
+    ) -> Option<plan::Call> {
+        let mut ok = true;
+        let system = match systems.get(&c.system) {
+            Some(s) => Some(s.clone()),
+            None => {
+                ok = false;
+                if !self.system_names.contains(&c.system) {
+                    let help = closest(&c.system, self.system_names.iter().map(String::as_str))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| {
+                            if self.system_names.is_empty() {
+                                "declare it under `systems:` at the top of the file".into()
+                            } else {
+                                format!("declared systems: {}", self.system_names.join(", "))
+                            }
+                        });
+                    self.push(&format!("{ptr}/system"), format!("unknown system `{}`", c.system), Some(help));
+                }
+                // A declared but broken system was reported where it is declared.
+                None
+            }
+        };
+        let method = match &c.method {
+            None if c.body.is_some() => Method::POST,
+            None => Method::GET,
+            Some(m) => match parse_method(m) {
+                Some(m) => m,
+                None => {
+                    ok = false;
+                    self.push(&format!("{ptr}/method"), format!("`{m}` is not an HTTP method tilts sends"), Some("write GET, POST, PUT, PATCH or DELETE".into()));
+                    Method::GET
+                }
+            },
+        };
+        let path = if c.path.is_empty() {
+            None
+        } else {
+            let name = format!("{route_id}/{label}.path");
+            self.inline(&format!("{ptr}/path"), Format::Url, &name, &c.path)
+        };
+        if !c.path.is_empty() && path.is_none() {
+            ok = false;
+        }
+        if !c.path.is_empty() && !c.path.starts_with('/') && !c.path.starts_with('?') {
+            ok = false;
+            self.push(&format!("{ptr}/path"), "a path starts with `/` (or `?` for a query only)", None);
+        }
+        let body = match &c.body {
+            Some(f) => {
+                let t = self.template(&format!("{ptr}/body"), f);
+                if t.is_none() {
+                    ok = false;
+                }
+                t
+            }
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &c.headers {
+            let hp = format!("{ptr}/headers/{}", yaml::escape_pointer(k));
+            match HeaderName::from_bytes(k.as_bytes()) {
+                Ok(h) => {
+                    if let Some(t) = self.inline(&hp, Format::Text, &format!("{route_id}/{label}.headers.{k}"), v) {
+                        headers.push((h, t));
+                    } else {
+                        ok = false;
+                    }
+                }
+                Err(_) => {
+                    ok = false;
+                    self.push_key(&hp, format!("`{k}` is not a valid header name"), None);
+                }
+            }
+        }
+        let _ = is_step;
+        let accept = if c.accept.is_empty() { vec![StatusPattern::Class(2)] } else { c.accept.clone() };
+        if let Some(t) = c.timeout
+            && t.0.is_zero()
+        {
+            ok = false;
+            self.push(&format!("{ptr}/timeout"), "timeout must be more than 0", None);
+        }
+        if !ok {
+            return None;
+        }
+        Some(plan::Call {
+            system: system?,
+            method,
+            path,
+            body,
+            headers,
+            as_name: (!c.as_name.is_empty()).then(|| c.as_name.clone()),
+            accept,
+            timeout: c.timeout.map(|d| d.0),
+        })
+    }
+
+    fn check_respond(&mut self, ptr: &str, label: &str, r: &types::RespondStep, route_id: &str) -> Option<plan::Respond> {
+        let mut ok = true;
+        if !(100..=599).contains(&r.status) {
+            ok = false;
+            self.push(&format!("{ptr}/status"), format!("{} is not an HTTP status", r.status), Some("write a status from 100 to 599".into()));
+        }
+        let body = match &r.body {
+            Some(f) => {
+                let t = self.template(&format!("{ptr}/body"), f);
+                ok &= t.is_some();
+                t
+            }
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &r.headers {
+            let hp = format!("{ptr}/headers/{}", yaml::escape_pointer(k));
+            match HeaderName::from_bytes(k.as_bytes()) {
+                Ok(h) => match self.inline(&hp, Format::Text, &format!("{route_id}/{label}.headers.{k}"), v) {
+                    Some(t) => headers.push((h, t)),
+                    None => ok = false,
+                },
+                Err(_) => {
+                    ok = false;
+                    self.push_key(&hp, format!("`{k}` is not a valid header name"), None);
+                }
+            }
+        }
+        ok.then_some(plan::Respond { status: r.status, body, headers })
+    }
+
+    /// Compiles an inline template written in routes.yaml (paths, header values).
+    fn inline(&mut self, ptr: &str, format: Format, name: &str, source: &str) -> Option<TemplateRef> {
+        match self.mappings.add(format, name, source) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.push(ptr, format!("template syntax: {} (at {}:{} of the value)", e.message, e.line, e.column), None);
+                None
+            }
+        }
+    }
+
+    /// Resolves a file name in the mappings folder, refusing names that escape it.
+    fn mapping_path(&mut self, ptr: &str, file: &str) -> Option<PathBuf> {
+        let rel = Path::new(file);
+        if file.is_empty() || rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            self.push(ptr, format!("`{file}` must be a path inside the mappings folder"), Some("write it relative to the mappings folder, without `..`, e.g. company-lookup/response.json.hbs".into()));
+            return None;
+        }
+        let full = self.mappings_dir.join(rel);
+        if !full.is_file() {
+            let dir = full.parent().map(Path::to_path_buf).unwrap_or_else(|| self.mappings_dir.clone());
+            let fname = rel.file_name().and_then(|f| f.to_str()).unwrap_or(file);
+            let siblings: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+                .unwrap_or_default();
+            let help = closest(fname, siblings.iter().map(String::as_str))
+                .map(|c| format!("did you mean `{}`?", Path::new(file).with_file_name(c).display()))
+                .unwrap_or_else(|| format!("create {}", full.display()));
+            self.push(ptr, format!("file `{file}` not found in {}", self.mappings_dir.display()), Some(help));
+            return None;
+        }
+        Some(full)
+    }
+
+    fn template(&mut self, ptr: &str, file: &str) -> Option<TemplateRef> {
+        if self.is_bad(ptr) {
+            return None;
+        }
+        if let Some(t) = self.templates.get(file) {
+            return t.clone();
+        }
+        let full = self.mapping_path(ptr, file)?;
+        if !file.ends_with(".hbs") {
+            self.push(ptr, format!("`{file}` is not a template"), Some("templates end in .json.hbs, .xml.hbs or .txt.hbs".into()));
+            return None;
+        }
+        let result = match self.mappings.add_file(file, &full) {
+            Ok(t) => Some(t),
+            Err(Err(e)) => {
+                self.push(ptr, format!("cannot read `{file}`: {e}"), None);
+                None
+            }
+            Err(Ok(e)) => {
+                let used = self.context(ptr);
+                let pos = self.located.pos(ptr);
+                self.diags.push(Diagnostic {
+                    file: full.clone(),
+                    line: e.line as u64,
+                    column: e.column as u64,
+                    context: format!("template used by {used} ({}:{})", self.file.display(), pos.line),
+                    message: format!("template syntax: {}", e.message),
+                    help: Some("check that every {{#if}}/{{#each}} has its {{/if}}/{{/each}} and that every {{ is closed".into()),
+                });
+                None
+            }
+        };
+        self.templates.insert(file.to_string(), result.clone());
+        result
+    }
+
+    fn schema(&mut self, ptr: &str, file: &str) -> Option<Arc<Schema>> {
+        if self.is_bad(ptr) {
+            return None;
+        }
+        if let Some(s) = self.schemas.get(file) {
+            return s.clone();
+        }
+        let full = self.mapping_path(ptr, file)?;
+        let used = format!("schema used by {} ({}:{})", self.context(ptr), self.file.display(), self.located.pos(ptr).line);
+        let result = (|| {
+            let text = match std::fs::read_to_string(&full) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.push(ptr, format!("cannot read `{file}`: {e}"), None);
+                    return None;
+                }
+            };
+            let doc: Value = match serde_json::from_str(&text) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.diags.push(Diagnostic {
+                        file: full.clone(),
+                        line: e.line() as u64,
+                        column: e.column() as u64,
+                        context: used.clone(),
+                        message: format!("not valid JSON: {}", e.to_string().split(" at line ").next().unwrap_or("")),
+                        help: None,
+                    });
+                    return None;
+                }
+            };
+            match Schema::compile(file, &doc) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    // JSON is YAML: reuse the YAML reader for the position of the bad keyword.
+                    let pos = yaml::parse(&text).map(|l| l.pos(&e.pointer)).unwrap_or_default();
+                    self.diags.push(Diagnostic {
+                        file: full.clone(),
+                        line: pos.line.max(1),
+                        column: pos.column.max(1),
+                        context: used.clone(),
+                        message: format!("{} (at {})", e.message, if e.pointer.is_empty() { "the root" } else { &e.pointer }),
+                        help: Some("see https://json-schema.org/draft/2020-12 for the keywords and their values".into()),
+                    });
+                    None
+                }
+            }
+        })();
+        self.schemas.insert(file.to_string(), result.clone());
+        result
+    }
+}
+
+fn parse_method(m: &str) -> Option<Method> {
+    match m.to_ascii_uppercase().as_str() {
+        "GET" => Some(Method::GET),
+        "POST" => Some(Method::POST),
+        "PUT" => Some(Method::PUT),
+        "PATCH" => Some(Method::PATCH),
+        "DELETE" => Some(Method::DELETE),
+        _ => None,
+    }
+}
+
+/// Checks a route path: starts with `/`, `{name}` captures are whole segments with valid names.
+fn check_route_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("a path starts with `/`".into());
+    }
+    if path.contains(char::is_whitespace) || path.contains('?') || path.contains('#') {
+        return Err("a path has no spaces, `?` or `#`".into());
+    }
+    if RESERVED_PATHS.contains(&path) || path.starts_with("/admin") {
+        return Err(format!("`{path}` is served by tilts itself"));
+    }
+    let mut seen = HashSet::new();
+    for seg in path.split('/').skip(1) {
+        if seg.contains('{') || seg.contains('}') {
+            let name = seg
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .ok_or_else(|| format!("`{seg}`: a capture is a whole segment, like `{{caseId}}`"))?;
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`{seg}`: a capture name is letters, digits and `_`"));
+            }
+            if !seen.insert(name) {
+                return Err(format!("`{{{name}}}` is captured twice"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `/v1/cases/{id}` and `/v1/cases/{caseId}` are the same endpoint.
+fn normalize_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -1,0 +1,537 @@
+//! The route file's language: every type here is both the parser and the documentation (doc
+//! comments become descriptions in `tilts schema`, the JSON Schema editors use for routes.yaml).
+//!
+//! Unknown fields are errors everywhere (`deny_unknown_fields`), so a typo never silently turns
+//! into a default. New transports (SOAP, AMQP, timers, databases) are new optional keys of
+//! [`SystemConfig`] and [`Source`], and new step kinds are new variants of [`Step`]: the shape of
+//! existing files never changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+/// A whole route file (`routes.yaml`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "tilts route file")]
+pub struct RouteFile {
+    /// Version of the route language. Always `1`.
+    pub version: u32,
+    /// Server settings (listen address, body limit, mapping folder).
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// The peers tilts talks to, declared once by name and referred to from routes.
+    #[serde(default)]
+    pub systems: BTreeMap<String, SystemConfig>,
+    /// The flows: where a request comes in, what happens to it, where it goes.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Server settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP ingress listens on. Default `127.0.0.1:8080`; `--listen` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest request body accepted, e.g. `4MB`, `512KB`. Larger bodies get 413. Default `4MB`.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: ByteSize,
+    /// Folder with templates and schemas, relative to the route file. Default `mappings`.
+    #[serde(default = "default_mappings")]
+    pub mappings: String,
+    /// How long a synchronous route may take in all before tilts answers 504. Default `30s`.
+    #[serde(default = "default_route_timeout")]
+    pub route_timeout: Dur,
+    /// How long in-flight requests may take to finish after SIGTERM. Default `30s`.
+    #[serde(default = "default_route_timeout")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            body_limit: default_body_limit(),
+            mappings: default_mappings(),
+            route_timeout: default_route_timeout(),
+            shutdown_grace: default_route_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_body_limit() -> ByteSize {
+    ByteSize(4 * 1024 * 1024)
+}
+fn default_mappings() -> String {
+    "mappings".into()
+}
+fn default_route_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// A peer system. Exactly one transport key (`http` for now) says how to reach it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// What the system is, for people reading the file and for the catalogue.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Reach the system over HTTP/REST.
+    #[serde(default)]
+    pub http: Option<HttpSystemConfig>,
+    /// Whole-request timeout for calls to this system (connect, send, read the answer). Default `10s`.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Connect timeout. Default `3s`.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+}
+
+/// HTTP/REST transport of a system.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSystemConfig {
+    /// Base URL (`http://` or `https://`); a call's `path` is appended to it.
+    pub url: String,
+    /// Headers sent with every request to this system.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How tilts authenticates itself. Put secrets in the environment: `${SECRET_NAME}`.
+    #[serde(default)]
+    pub auth: Option<HttpAuthConfig>,
+}
+
+/// Authentication towards an HTTP system.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HttpAuthConfig {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token, normally `${SOME_TOKEN}`.
+        token: String,
+    },
+    /// HTTP Basic authentication.
+    Basic {
+        username: String,
+        /// The password, normally `${SOME_PASSWORD}`.
+        password: String,
+    },
+}
+
+/// One flow.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique id: letters, digits, `-` and `_`. Appears in logs, metrics and the catalogue.
+    pub id: String,
+    /// Enterprise Register number (11 digits) of the institution that owns this route.
+    pub owner: String,
+    /// What the route does, in a sentence.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where requests come in.
+    pub from: Source,
+    /// How the route answers: `sync` (the caller waits for the result). Default `sync`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The ordered steps every request goes through.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Where the (mapped) message is delivered after the steps. On a sync route the
+    /// destination's answer is the reply, unless a `respond` step answered already.
+    #[serde(default)]
+    pub to: Option<Destination>,
+}
+
+/// How a route answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The caller waits; errors come back as problem responses.
+    #[default]
+    Sync,
+}
+
+/// Where requests come in. Exactly one key.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Source {
+    /// An HTTP endpoint on tilts' listener.
+    Http(HttpSource),
+}
+
+/// An HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSource {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`. Default `POST`.
+    #[serde(default = "default_post")]
+    pub method: String,
+    /// Path beginning with `/`; `{name}` captures a segment as `params.name`.
+    pub path: String,
+}
+
+fn default_post() -> String {
+    "POST".into()
+}
+
+/// One step. Each is a single-key mapping: `- validate: ...`, `- map: ...`, `- call: ...`,
+/// `- choice: ...`, `- respond: ...`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Step {
+    /// Check the current message against a JSON Schema file in the mappings folder (draft
+    /// 2020-12). A failure answers 422 with each violation's JSON pointer.
+    Validate(String),
+    /// Render a Handlebars template from the mappings folder. A bare file name replaces the
+    /// current message with the result; `{template, as}` keeps it under a name instead.
+    Map(MapStep),
+    /// Request/response to a system; the answer is available to later steps under `as`.
+    Call(CallStep),
+    /// Content-based routing: the first branch whose `when` holds runs; `otherwise` runs when none does.
+    Choice(Vec<ChoiceBranch>),
+    /// Answer the caller now and end the route.
+    Respond(RespondStep),
+}
+
+impl Step {
+    /// The step's kind as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Validate(_) => "validate",
+            Step::Map(_) => "map",
+            Step::Call(_) => "call",
+            Step::Choice(_) => "choice",
+            Step::Respond(_) => "respond",
+        }
+    }
+}
+
+/// A `map` step: a template file, or a template kept under a name.
+#[derive(Debug, Clone, JsonSchema)]
+#[serde(untagged)]
+pub enum MapStep {
+    /// Template file; the result becomes the current message.
+    Replace(String),
+    /// Template file whose result is kept as `as` (the current message is unchanged).
+    Named(NamedMap),
+}
+
+/// `{template, as}` form of `map`.
+#[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedMap {
+    /// Template file in the mappings folder.
+    pub template: String,
+    /// Name under which later steps read the result.
+    #[serde(rename = "as")]
+    pub as_name: String,
+}
+
+// Hand-written so that a wrong shape gets a message saying what to write, not serde's
+// "did not match any variant".
+impl<'de> Deserialize<'de> for MapStep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v {
+            serde_json::Value::String(s) => Ok(MapStep::Replace(s)),
+            serde_json::Value::Object(_) => serde_json::from_value::<NamedMap>(v)
+                .map(MapStep::Named)
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "map takes a template file name (`map: x.json.hbs`) or `{template: x.json.hbs, as: name}`",
+            )),
+        }
+    }
+}
+
+/// A `call` step.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallStep {
+    /// Name of a system declared under `systems`.
+    pub system: String,
+    /// HTTP method. Default `POST` when there is a body, `GET` otherwise.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path appended to the system's URL; may use `{{...}}` (e.g. `/companies/{{body.regNo}}`).
+    /// Never put personal codes in paths: send them in the body.
+    #[serde(default)]
+    pub path: String,
+    /// Template file rendering the request body. Default: the current message as JSON
+    /// (`method: GET` sends no body).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Extra request headers; values may use `{{...}}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Name under which later steps read the answer: `NAME.status`, `NAME.headers`, `NAME.body`.
+    #[serde(rename = "as")]
+    pub as_name: String,
+    /// HTTP statuses that count as an answer rather than a failure, e.g. `[200, 404]` or
+    /// `["2xx", 404]`. Default `["2xx"]`. Other statuses fail the route (502).
+    #[serde(default)]
+    pub accept: Vec<StatusPattern>,
+    /// Timeout for this call, overriding the system's.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+/// An HTTP status (`404`) or a class (`"4xx"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPattern {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusPattern {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            StatusPattern::Exact(s) => *s == status,
+            StatusPattern::Class(c) => status / 100 == *c,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(
+                "a status is a number from 100 to 599 (e.g. 404) or a class like \"2xx\"",
+            )
+        };
+        match &v {
+            serde_json::Value::Number(n) => match n.as_u64() {
+                Some(s @ 100..=599) => Ok(StatusPattern::Exact(s as u16)),
+                _ => Err(bad()),
+            },
+            serde_json::Value::String(s) => {
+                let b = s.as_bytes();
+                if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && s[1..].eq_ignore_ascii_case("xx")
+                {
+                    Ok(StatusPattern::Class((b[0] - b'0') as u16))
+                } else if let Ok(n @ 100..=599) = s.parse::<u16>() {
+                    Ok(StatusPattern::Exact(n))
+                } else {
+                    Err(bad())
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl JsonSchema for StatusPattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusPattern".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An HTTP status (404) or a class (\"2xx\")",
+            "anyOf": [
+                {"type": "integer", "minimum": 100, "maximum": 599},
+                {"type": "string", "pattern": "^[1-5](xx|XX|[0-9]{2})$"}
+            ]
+        })
+    }
+}
+
+/// One branch of a `choice`: `when` + steps (or `respond`), or `otherwise`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceBranch {
+    /// Condition, e.g. `company.status == 404 && exists(body.urgent)`. Roots: `body`,
+    /// `headers`, `query`, `params`, `payload`, `route`, and the names given with `as`.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Steps to run when the condition holds.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Shorthand for a single `respond` step.
+    #[serde(default)]
+    pub respond: Option<RespondStep>,
+    /// Steps to run when no `when` held. Must be the last branch.
+    #[serde(default)]
+    pub otherwise: Option<Vec<Step>>,
+}
+
+/// A `respond` step.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondStep {
+    /// HTTP status. Default 200.
+    #[serde(default = "default_200")]
+    pub status: u16,
+    /// Template file rendering the answer. Default: the current message as JSON.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Extra answer headers; values may use `{{...}}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_200() -> u16 {
+    200
+}
+
+/// Where a route delivers its message.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Name of a system declared under `systems`.
+    pub system: String,
+    /// HTTP method. Default `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path appended to the system's URL; may use `{{...}}`.
+    #[serde(default)]
+    pub path: String,
+    /// Extra request headers; values may use `{{...}}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Statuses that count as delivered. Default `["2xx"]`.
+    #[serde(default)]
+    pub accept: Vec<StatusPattern>,
+}
+
+/// A duration written with a unit: `250ms`, `5s`, `2m`, `1h`, `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v {
+            serde_json::Value::String(s) => parse_duration(&s).map(Dur).map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "a duration is written with a unit, as a string: \"250ms\", \"5s\", \"2m\", \"1h\"",
+            )),
+        }
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration with a unit: 250ms, 5s, 2m, 1h, 1d",
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)$"
+        })
+    }
+}
+
+/// Parses `250ms`, `5s`, `1.5s`, `2m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let hint = "write a number and a unit: 250ms, 5s, 2m, 1h or 1d";
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: {hint}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        "" => return Err(format!("'{s}' has no unit: {hint}")),
+        _ => return Err(format!("'{s}' has an unknown unit '{unit}': {hint}")),
+    };
+    if !secs.is_finite() || secs > 366.0 * 86400.0 {
+        return Err(format!("'{s}' is too long: at most a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A size in bytes: `4MB`, `512KB`, `1GB`, or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let hint = "write a size like 4MB, 512KB or a number of bytes";
+        match v {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(ByteSize)
+                .ok_or_else(|| serde::de::Error::custom(hint)),
+            serde_json::Value::String(s) => {
+                let t = s.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (num, unit) = t.split_at(split);
+                let n: u64 = num
+                    .parse()
+                    .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a size: {hint}")))?;
+                let mult = match unit.trim().to_ascii_uppercase().as_str() {
+                    "" | "B" => 1,
+                    "KB" | "KIB" => 1024,
+                    "MB" | "MIB" => 1024 * 1024,
+                    "GB" | "GIB" => 1024 * 1024 * 1024,
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "'{s}' has an unknown unit: {hint}"
+                        )));
+                    }
+                };
+                Ok(ByteSize(n * mult))
+            }
+            _ => Err(serde::de::Error::custom(hint)),
+        }
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: 4MB, 512KB, 1GB or a number of bytes",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^[0-9]+\\s*([KMG]i?B|B)?$"}
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 sec").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn sizes_and_statuses() {
+        let b: ByteSize = serde_json::from_value(serde_json::json!("4MB")).unwrap();
+        assert_eq!(b.0, 4 * 1024 * 1024);
+        let s: Vec<StatusPattern> =
+            serde_json::from_value(serde_json::json!(["2xx", 404, "409"])).unwrap();
+        assert!(s[0].matches(204) && !s[0].matches(404));
+        assert!(s[1].matches(404) && s[2].matches(409));
+        assert!(serde_json::from_value::<StatusPattern>(serde_json::json!(42)).is_err());
+    }
+}

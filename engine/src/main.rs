@@ -1,0 +1,147 @@
+//! The `tilts` binary: `serve`, `check`, `schema`, `demo`, `simulate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tilts_engine::logging::{self, LogFormat};
+use tilts_engine::{check, demo, server};
+
+#[derive(Parser)]
+#[command(name = "tilts", version, about = "tilts: integration engine for Latvian municipalities")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "TILTS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a route file and everything it refers to; report every problem. Exit 1 on problems.
+    Check {
+        /// The route file.
+        #[arg(default_value = "routes.yaml")]
+        file: PathBuf,
+    },
+    /// Serve the routes of a route file (refuses to start on a file that does not check).
+    Serve {
+        /// The route file.
+        #[arg(long, short, default_value = "routes.yaml", env = "TILTS_CONFIG")]
+        config: PathBuf,
+        /// Listen address, overriding `server.listen` (port 0 picks a free port).
+        #[arg(long, env = "TILTS_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Print the JSON Schema of the route file (for editors: yaml-language-server).
+    Schema,
+    /// Run tilts with the shipped routes against built-in simulators and show what happens.
+    Demo {
+        /// The route file.
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Keep serving after the demo batch, so you can try requests yourself.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Run the simulators of the external systems on fixed ports (for trying routes by hand).
+    Simulate {
+        /// First port; the simulators take this and the next ones.
+        #[arg(long, default_value_t = 9102)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { file } => match check::load(&file) {
+            Ok(plan) => {
+                println!(
+                    "{}: ok ({} routes, {} systems)",
+                    file.display(),
+                    plan.routes.len(),
+                    plan.systems.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Schema => {
+            let schema = schemars::schema_for!(tilts_engine::config::types::RouteFile);
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config, listen } => {
+            logging::init(cli.log_format);
+            let plan = match check::load(&config) {
+                Ok(p) => p,
+                Err(d) => {
+                    eprintln!("{d}");
+                    eprintln!("tilts serve: not starting, fix the problems above (tilts check {} shows them)", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let addr = listen.unwrap_or_else(|| plan.settings.listen.clone());
+            let listener = match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+            tracing::info!(routes = plan.routes.len(), "tilts listening on http://{local}");
+            // Printed on stdout for scripts and tests that start tilts on port 0.
+            println!("listening on http://{local}");
+            match server::serve(Arc::new(plan), listener, server::shutdown_signal()).await {
+                Ok(()) => {
+                    tracing::info!("stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: server failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { config, keep_running } => {
+            if keep_running {
+                logging::init(cli.log_format);
+            }
+            match demo::run(&config, keep_running).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate { port } => {
+            logging::init(cli.log_format);
+            match demo::simulate(port).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("simulate failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The compiled configuration: what `tilts check` produces and `tilts serve` runs.
+//!
+//! Everything here is resolved and compiled: systems are clients, templates are registered,
+//! schemas and conditions compiled. Running a route never parses configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use tilts_adapters::http::HttpSystem;
+
+use crate::config::types::{ServerSettings, StatusPattern};
+use crate::expr::Expr;
+use crate::mapping::{Mappings, TemplateRef};
+use crate::schema::Schema;
+
+/// A checked, compiled route file.
+#[derive(Debug)]
+pub struct Plan {
+    pub settings: ServerSettings,
+    pub systems: HashMap<String, HttpSystem>,
+    pub routes: Vec<Arc<Route>>,
+    pub mappings: Mappings,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    pub owner: String,
+    pub description: Option<String>,
+    pub method: Method,
+    /// Path in axum's syntax (`/v1/cases/{id}`).
+    pub path: String,
+    pub steps: Vec<Step>,
+    pub to: Option<Call>,
+}
+
+/// A compiled step. `label` is the step's place for errors and logs, e.g. `steps[2].call`.
+#[derive(Debug)]
+pub enum Step {
+    Validate { label: String, schema: Arc<Schema> },
+    Map { label: String, template: TemplateRef, as_name: Option<String> },
+    Call { label: String, call: Call },
+    Choice { label: String, branches: Vec<Branch> },
+    Respond { label: String, respond: Respond },
+}
+
+/// A request to a system (a `call` step or a route's `to`).
+#[derive(Debug)]
+pub struct Call {
+    pub system: HttpSystem,
+    pub method: Method,
+    /// Path template (URL-escaped); `None` when the path is empty.
+    pub path: Option<TemplateRef>,
+    /// Body template; `None` sends the current message as JSON (nothing for GET/DELETE).
+    pub body: Option<TemplateRef>,
+    pub headers: Vec<(HeaderName, TemplateRef)>,
+    /// Name the answer is kept under (`None` for a route's `to`).
+    pub as_name: Option<String>,
+    pub accept: Vec<StatusPattern>,
+    pub timeout: Option<Duration>,
+}
+
+/// One branch of a choice; `when: None` is `otherwise`.
+#[derive(Debug)]
+pub struct Branch {
+    pub when: Option<Expr>,
+    pub steps: Vec<Step>,
+}
+
+/// A compiled `respond`.
+#[derive(Debug)]
+pub struct Respond {
+    pub status: u16,
+    pub body: Option<TemplateRef>,
+    pub headers: Vec<(HeaderName, TemplateRef)>,
+}

@@ -1,0 +1,312 @@
+//! Runs one request through a compiled route: the steps in order, then the destination.
+//!
+//! The exchange's state is one JSON object (the Handlebars context) with the roots `body`,
+//! `headers`, `query`, `params`, `payload`, `route`, `message` and one entry per `as` name.
+//! Templates and conditions read it directly, without copying it per render.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use handlebars::Context;
+use http::{HeaderName, HeaderValue, Method};
+use serde_json::{Map, Value, json};
+use tilts_adapters::contract::DeliveryError;
+use tilts_adapters::http::HttpRequest;
+
+use crate::mapping::{Format, MappingError, Rendered};
+use crate::plan::{Call, Plan, Respond, Route, Step};
+use crate::schema::Violation;
+
+/// Request headers never exposed to templates (credentials of the caller).
+const HIDDEN_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+/// What came in.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub message_id: String,
+    pub body: Value,
+    pub headers: Map<String, Value>,
+    pub query: Map<String, Value>,
+    pub params: Map<String, Value>,
+}
+
+/// The answer to send back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// Why a route did not produce a reply. Texts never contain message data.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// A `validate` step found violations (422).
+    #[error("{label}: {} violation(s)", violations.len())]
+    Invalid { label: String, violations: Vec<Violation> },
+    /// A template failed (a missing field, invalid JSON output) (500: the mapping is wrong for this input).
+    #[error("{label}: {error}")]
+    Mapping { label: String, error: MappingError },
+    /// A system failed or answered a status the step does not accept (502/504).
+    #[error("{label}: {error}")]
+    Upstream { label: String, error: DeliveryError },
+    /// A condition could not be evaluated.
+    #[error("{label}: condition failed: {message}")]
+    Condition { label: String, message: String },
+}
+
+enum Flow {
+    Continue,
+    Replied(Reply),
+}
+
+/// Runs `route` for one request.
+pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, RouteError> {
+    let mut headers = input.headers;
+    headers.retain(|k, _| !HIDDEN_HEADERS.contains(&k.as_str()));
+    let data = json!({
+        "payload": input.body.clone(),
+        "body": input.body,
+        "headers": headers,
+        "query": input.query,
+        "params": input.params,
+        "route": {"id": route.id, "owner": route.owner},
+        "message": {"id": input.message_id},
+    });
+    let mut ctx = Context::from(data);
+    let mut ex = Exchange {
+        plan,
+        route,
+        message_id: &input.message_id,
+    };
+    if let Flow::Replied(reply) = ex.steps(&route.steps, &mut ctx).await? {
+        return Ok(reply);
+    }
+    match &route.to {
+        Some(to) => {
+            let resp = ex.call(to, "to", &ctx).await?;
+            Ok(Reply {
+                status: resp.status,
+                content_type: resp
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/octet-stream")
+                    .to_string(),
+                headers: Vec::new(),
+                body: resp.body,
+            })
+        }
+        None => Ok(json_reply(200, &ctx.data()["payload"])),
+    }
+}
+
+fn json_reply(status: u16, v: &Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json".into(),
+        headers: Vec::new(),
+        body: Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    }
+}
+
+struct Exchange<'a> {
+    plan: &'a Plan,
+    route: &'a Route,
+    message_id: &'a str,
+}
+
+impl<'a> Exchange<'a> {
+    fn steps<'s>(&'s mut self, steps: &'a [Step], ctx: &'s mut Context) -> BoxFuture<'s, Result<Flow, RouteError>>
+    where
+        'a: 's,
+    {
+        Box::pin(async move {
+            for step in steps {
+                match step {
+                    Step::Validate { label, schema } => {
+                        let violations = schema.validate(&ctx.data()["payload"]);
+                        if !violations.is_empty() {
+                            return Err(RouteError::Invalid { label: label.clone(), violations });
+                        }
+                    }
+                    Step::Map { label, template, as_name } => {
+                        let out = self
+                            .plan
+                            .mappings
+                            .render(template, ctx)
+                            .map_err(|error| RouteError::Mapping { label: label.clone(), error })?
+                            .into_value();
+                        let key = as_name.as_deref().unwrap_or("payload");
+                        set(ctx, key, out);
+                    }
+                    Step::Call { label, call } => {
+                        let resp = self.call(call, label, ctx).await?;
+                        let body = parse_body(&resp.headers, &resp.body);
+                        let headers: Map<String, Value> = resp
+                            .headers
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.as_str().to_string(), Value::String(v.to_str().ok()?.to_string()))))
+                            .collect();
+                        let name = call.as_name.as_deref().unwrap_or("response");
+                        set(ctx, name, json!({"status": resp.status, "headers": headers, "body": body}));
+                    }
+                    Step::Choice { label, branches } => {
+                        let mut chosen = None;
+                        for b in branches {
+                            let hit = match &b.when {
+                                None => true,
+                                Some(e) => e.eval_bool(ctx.data()).map_err(|err| RouteError::Condition {
+                                    label: label.clone(),
+                                    message: err.message,
+                                })?,
+                            };
+                            if hit {
+                                chosen = Some(&b.steps);
+                                break;
+                            }
+                        }
+                        if let Some(steps) = chosen
+                            && let Flow::Replied(r) = self.steps(steps, ctx).await?
+                        {
+                            return Ok(Flow::Replied(r));
+                        }
+                    }
+                    Step::Respond { label, respond } => {
+                        return self.respond(respond, label, ctx).map(Flow::Replied);
+                    }
+                }
+            }
+            Ok(Flow::Continue)
+        })
+    }
+
+    fn render(&self, label: &str, t: &crate::mapping::TemplateRef, ctx: &Context) -> Result<Rendered, RouteError> {
+        self.plan
+            .mappings
+            .render(t, ctx)
+            .map_err(|error| RouteError::Mapping { label: label.to_string(), error })
+    }
+
+    fn render_headers(
+        &self,
+        label: &str,
+        headers: &[(HeaderName, crate::mapping::TemplateRef)],
+        ctx: &Context,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, RouteError> {
+        headers
+            .iter()
+            .map(|(k, t)| {
+                let v = self
+                    .plan
+                    .mappings
+                    .render_string(t, ctx)
+                    .map_err(|error| RouteError::Mapping { label: label.to_string(), error })?;
+                let v = HeaderValue::from_str(&v).map_err(|_| RouteError::Mapping {
+                    label: label.to_string(),
+                    error: MappingError { message: format!("header {k} rendered to a value that is not allowed in HTTP headers") },
+                })?;
+                Ok((k.clone(), v))
+            })
+            .collect()
+    }
+
+    fn respond(&self, r: &Respond, label: &str, ctx: &Context) -> Result<Reply, RouteError> {
+        let mut reply = match &r.body {
+            Some(t) => {
+                let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
+                Reply { status: r.status, content_type: ct.to_string(), headers: Vec::new(), body }
+            }
+            None => json_reply(r.status, &ctx.data()["payload"]),
+        };
+        reply.headers = self.render_headers(label, &r.headers, ctx)?;
+        Ok(reply)
+    }
+
+    async fn call(
+        &self,
+        call: &Call,
+        label: &str,
+        ctx: &Context,
+    ) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
+        let path = match &call.path {
+            Some(t) => self
+                .plan
+                .mappings
+                .render_string(t, ctx)
+                .map_err(|error| RouteError::Mapping { label: label.to_string(), error })?,
+            None => String::new(),
+        };
+        let mut headers = self.render_headers(label, &call.headers, ctx)?;
+        let body = match &call.body {
+            Some(t) => {
+                let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
+                headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static(ct)));
+                Some(body)
+            }
+            None if call.method == Method::GET || call.method == Method::DELETE => None,
+            None => {
+                headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+                Some(Bytes::from(serde_json::to_vec(&ctx.data()["payload"]).unwrap_or_default()))
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(self.message_id) {
+            headers.push((HeaderName::from_static("x-tilts-message-id"), id));
+        }
+        if let Ok(r) = HeaderValue::from_str(&self.route.id) {
+            headers.push((HeaderName::from_static("x-tilts-route"), r));
+        }
+        let started = Instant::now();
+        let result = call
+            .system
+            .send(HttpRequest { method: call.method.clone(), path, headers, body, timeout: call.timeout })
+            .await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(resp) if call.accept.iter().any(|a| a.matches(resp.status)) => {
+                tracing::debug!(route = %self.route.id, step = label, system = call.system.name(), status = resp.status, elapsed_ms, "call answered");
+                Ok(resp)
+            }
+            Ok(resp) => {
+                let error = resp.into_status_error(call.system.name());
+                tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call not accepted");
+                Err(RouteError::Upstream { label: label.to_string(), error })
+            }
+            Err(error) => {
+                tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call failed");
+                Err(RouteError::Upstream { label: label.to_string(), error })
+            }
+        }
+    }
+}
+
+fn set(ctx: &mut Context, key: &str, v: Value) {
+    if let Some(obj) = ctx.data_mut().as_object_mut() {
+        obj.insert(key.to_string(), v);
+    }
+}
+
+/// Encodes a rendered template as a body with its content type.
+fn encode(r: Rendered, format: Format) -> (&'static str, Bytes) {
+    match r {
+        Rendered::Json(v) => ("application/json", Bytes::from(serde_json::to_vec(&v).unwrap_or_default())),
+        Rendered::Text(s) => (format.content_type(), Bytes::from(s)),
+    }
+}
+
+/// A system's answer as data: JSON when it is JSON, text otherwise, null when empty.
+fn parse_body(headers: &http::HeaderMap, body: &[u8]) -> Value {
+    if body.is_empty() {
+        return Value::Null;
+    }
+    let is_json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if is_json && let Ok(v) = serde_json::from_slice(body) {
+        return v;
+    }
+    Value::String(String::from_utf8_lossy(body).into_owned())
+}

@@ -1,0 +1,314 @@
+//! The HTTP ingress: one axum route per configured route, problem responses, health endpoints,
+//! and a graceful shutdown that lets in-flight requests finish.
+//!
+//! `app(plan)` builds the router without a socket so tests can drive it directly; `serve` binds
+//! it and runs until the shutdown signal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{RawPathParams, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, get, on};
+use serde_json::{Map, Value};
+use tilts_adapters::contract::FailureKind;
+
+use crate::plan::{Plan, Route};
+use crate::problem::Problem;
+use crate::runtime::{self, Input, RouteError};
+
+/// Shared by every request.
+pub struct AppState {
+    pub plan: Arc<Plan>,
+    /// False once shutdown has begun: `/readyz` answers 503 so load balancers stop sending.
+    pub ready: AtomicBool,
+}
+
+/// Builds the router for a plan.
+pub fn app(plan: Arc<Plan>) -> (Router, Arc<AppState>) {
+    let state = Arc::new(AppState {
+        plan: plan.clone(),
+        ready: AtomicBool::new(true),
+    });
+    let mut router = Router::new();
+    for route in &plan.routes {
+        let filter = MethodFilter::try_from(route.method.clone()).unwrap_or(MethodFilter::POST);
+        let st = state.clone();
+        let r = route.clone();
+        router = router.route(
+            &route.path,
+            on(filter, move |req: Request| {
+                let st = st.clone();
+                let r = r.clone();
+                async move { handle(st, r, req).await }
+            }),
+        );
+    }
+    let ready_state = state.clone();
+    let router = router
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let st = ready_state.clone();
+                async move {
+                    if st.ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready", "routes": st.plan.routes.len()})))
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "shutting down"})))
+                    }
+                }
+            }),
+        )
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        .fallback(|| async { Problem::not_found() });
+    (router, state)
+}
+
+async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
+    let started = Instant::now();
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let plan = &state.plan;
+    let (mut parts, body) = req.into_parts();
+    let limit = plan.settings.body_limit.0;
+
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return finish(&route, &message_id, started, Problem::too_large(limit).with_route(&route.id, &message_id).into_response());
+    }
+    let bytes = match axum::body::to_bytes(Body::new(body), limit as usize).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            let p = if too_large {
+                Problem::too_large(limit)
+            } else {
+                Problem::new(400, "bad-body", "Could not read the request body", "the request body ended early or was malformed")
+            };
+            return finish(&route, &message_id, started, p.with_route(&route.id, &message_id).into_response());
+        }
+    };
+    let body = match parse_request_body(&parts.headers, &bytes) {
+        Ok(v) => v,
+        Err(p) => return finish(&route, &message_id, started, p.with_route(&route.id, &message_id).into_response()),
+    };
+    let params = path_params(&mut parts).await;
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            form_pairs(q)
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect::<Map<_, _>>()
+        })
+        .unwrap_or_default();
+    let headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), Value::String(v.to_str().ok()?.to_string()))))
+        .collect();
+    let input = Input { message_id: message_id.clone(), body, headers, query, params };
+    let outcome = tokio::time::timeout(plan.settings.route_timeout.0, runtime::run(plan, &route, input)).await;
+    let resp = match outcome {
+        Err(_) => {
+            let mut p = Problem::new(504, "route-timeout", "The route took too long", "the route did not finish within its time limit");
+            p.retry_after = Some(5);
+            p.with_route(&route.id, &message_id).into_response()
+        }
+        Ok(Ok(reply)) => {
+            let mut resp = (StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK), reply.body).into_response();
+            let h = resp.headers_mut();
+            if let Ok(ct) = HeaderValue::from_str(&reply.content_type) {
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+            for (k, v) in reply.headers {
+                h.insert(k, v);
+            }
+            if let Ok(id) = HeaderValue::from_str(&message_id) {
+                h.insert("x-tilts-message-id", id);
+            }
+            resp
+        }
+        Ok(Err(e)) => problem_for(&e).with_route(&route.id, &message_id).into_response(),
+    };
+    finish(&route, &message_id, started, resp)
+}
+
+fn finish(route: &Route, message_id: &str, started: Instant, resp: Response) -> Response {
+    tracing::info!(
+        route = %route.id,
+        message_id,
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Maps a route failure to the problem the caller sees.
+pub fn problem_for(e: &RouteError) -> Problem {
+    match e {
+        RouteError::Invalid { violations, .. } => Problem::invalid(violations.clone()),
+        RouteError::Mapping { label, error } => {
+            tracing::error!(step = %label, error = %error, "mapping failed");
+            Problem::new(500, "mapping-failed", "The route could not map this message", format!("{label} failed; the operator log has the details"))
+        }
+        RouteError::Condition { label, message } => {
+            tracing::error!(step = %label, error = %message, "condition failed");
+            Problem::new(500, "condition-failed", "The route could not evaluate a condition", format!("{label} failed; the operator log has the details"))
+        }
+        RouteError::Upstream { label, error } => {
+            let (status, kind, title) = match error.kind {
+                FailureKind::Timeout => (504, "upstream-timeout", "A system did not answer in time"),
+                FailureKind::Status(_) => (502, "upstream-error", "A system answered with an error"),
+                FailureKind::Connect => (502, "upstream-unreachable", "A system could not be reached"),
+                _ => (502, "upstream-error", "A system's answer could not be used"),
+            };
+            let mut p = Problem::new(status, kind, title, format!("{label}: {error}"));
+            if matches!(error.retry(), tilts_adapters::contract::Retry::Retryable) {
+                p.retry_after = Some(error.retry_after.unwrap_or(5));
+            }
+            p
+        }
+    }
+}
+
+fn parse_request_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<Value, Problem> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if !(ct.starts_with("application/json") || ct.contains("+json")) {
+        return Err(Problem::new(415, "unsupported-media-type", "Unsupported content type", "send the body as application/json"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        Problem::new(400, "malformed-json", "The body is not valid JSON", format!("JSON syntax error at line {}, column {}", e.line(), e.column()))
+    })
+}
+
+async fn path_params(parts: &mut axum::http::request::Parts) -> Map<String, Value> {
+    match <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(parts, &()).await {
+        Ok(raw) => raw.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect(),
+        Err(_) => Map::new(),
+    }
+}
+
+/// Parses `a=1&b=x%20y` into pairs (later duplicates win).
+fn form_pairs(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Binds and serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// finish for up to `grace`, and returns.
+pub async fn serve(
+    plan: Arc<Plan>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace: Duration = plan.settings.shutdown_grace.0;
+    let (router, state) = app(plan);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        st.ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutdown requested: finishing in-flight requests");
+        let _ = tx.send(());
+    });
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            while state.ready.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        let q = form_pairs("a=1&b=x%20y&c=&d=%E2%82%AC+1");
+        assert_eq!(q["a"], "1");
+        assert_eq!(q["b"], "x y");
+        assert_eq!(q["c"], "");
+        assert_eq!(q["d"], "€ 1");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+    }
+}

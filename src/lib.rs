@@ -1,0 +1,1 @@
+//! Owns the black-box tests in `tests/`.
