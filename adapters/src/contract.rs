@@ -123,6 +123,9 @@ mod tests {
             retry_after: None,
             detail: String::new(),
         };
-        assert_eq!(e.to_string(), "system 'enterprise-register' answered HTTP 503");
+        assert_eq!(
+            e.to_string(),
+            "system 'enterprise-register' answered HTTP 503"
+        );
     }
 }

@@ -189,7 +189,10 @@ impl HttpSystem {
         } else if e.is_connect() {
             (FailureKind::Connect, source_text(e))
         } else if e.is_builder() {
-            (FailureKind::Request, "the request could not be built".into())
+            (
+                FailureKind::Request,
+                "the request could not be built".into(),
+            )
         } else if e.is_body() || e.is_decode() {
             (FailureKind::Protocol, source_text(e))
         } else {

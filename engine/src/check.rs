@@ -43,16 +43,26 @@ pub fn load_with_env(
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            c.push_at(1, 1, "", format!("cannot read the route file: {e}"), Some(
-                "pass the route file's path: tilts check path/to/routes.yaml".into(),
-            ));
+            c.push_at(
+                1,
+                1,
+                "",
+                format!("cannot read the route file: {e}"),
+                Some("pass the route file's path: tilts check path/to/routes.yaml".into()),
+            );
             return Err(c.finish_err());
         }
     };
     match yaml::parse(&text) {
         Ok(l) => c.located = l,
         Err(e) => {
-            c.push_at(e.pos.line, e.pos.column, "", format!("YAML syntax: {}", e.message), None);
+            c.push_at(
+                e.pos.line,
+                e.pos.column,
+                "",
+                format!("YAML syntax: {}", e.message),
+                None,
+            );
             return Err(c.finish_err());
         }
     }
@@ -119,7 +129,14 @@ impl Checker {
         Diagnostics(self.diags)
     }
 
-    fn push_at(&mut self, line: u64, column: u64, context: &str, message: String, help: Option<String>) {
+    fn push_at(
+        &mut self,
+        line: u64,
+        column: u64,
+        context: &str,
+        message: String,
+        help: Option<String>,
+    ) {
         self.diags.push(Diagnostic {
             file: self.file.clone(),
             line,
@@ -179,12 +196,20 @@ impl Checker {
                     .map(|s| format!("route {s}"))
                     .unwrap_or_else(|| format!("routes[{idx}]"));
                 let r = rest(2);
-                if r.is_empty() { id } else { format!("{id} › {r}") }
+                if r.is_empty() {
+                    id
+                } else {
+                    format!("{id} › {r}")
+                }
             }
             Some("systems") if segs.len() >= 2 => {
                 let r = rest(2);
                 let s = format!("system {}", segs[1]);
-                if r.is_empty() { s } else { format!("{s} › {r}") }
+                if r.is_empty() {
+                    s
+                } else {
+                    format!("{s} › {r}")
+                }
             }
             _ => rest(0),
         }
@@ -243,8 +268,7 @@ impl Checker {
             closest(word, cands.iter().copied())
                 .map(|c| format!("did you mean `{c}`?"))
                 .or_else(|| {
-                    (!expected.is_empty())
-                        .then(|| format!("write one of: {}", expected.join(", ")))
+                    (!expected.is_empty()).then(|| format!("write one of: {}", expected.join(", ")))
                 })
         };
         if let Some(field) = quoted("unknown field `") {
@@ -293,13 +317,25 @@ impl Checker {
                 let help = closest(k, TOP.iter().copied())
                     .map(|c| format!("did you mean `{c}`?"))
                     .or_else(|| Some(format!("top-level keys are: {}", TOP.join(", "))));
-                self.push_key(&format!("/{}", yaml::escape_pointer(k)), format!("unknown field `{k}`"), help);
+                self.push_key(
+                    &format!("/{}", yaml::escape_pointer(k)),
+                    format!("unknown field `{k}`"),
+                    help,
+                );
             }
         }
         match obj.get("version") {
-            None => self.push("", "missing field `version`", Some("add `version: 1` at the top".into())),
+            None => self.push(
+                "",
+                "missing field `version`",
+                Some("add `version: 1` at the top".into()),
+            ),
             Some(v) if v.as_u64() == Some(1) => {}
-            Some(_) => self.push("/version", "unsupported version", Some("this tilts reads `version: 1`".into())),
+            Some(_) => self.push(
+                "/version",
+                "unsupported version",
+                Some("this tilts reads `version: 1`".into()),
+            ),
         }
         let settings: types::ServerSettings = match obj.get("server") {
             Some(v) => self.typed("/server", v).unwrap_or_default(),
@@ -314,7 +350,11 @@ impl Checker {
             Some(Value::Object(m)) => m,
             Some(Value::Null) | None => &empty,
             Some(_) => {
-                self.push("/systems", "`systems` must be a mapping of name -> system", None);
+                self.push(
+                    "/systems",
+                    "`systems` must be a mapping of name -> system",
+                    None,
+                );
                 &empty
             }
         };
@@ -334,7 +374,11 @@ impl Checker {
             Some(Value::Array(a)) => a,
             Some(Value::Null) | None => &empty_routes,
             Some(_) => {
-                self.push("/routes", "`routes` must be a list of routes (each item starts with `- id:`)", None);
+                self.push(
+                    "/routes",
+                    "`routes` must be a list of routes (each item starts with `- id:`)",
+                    None,
+                );
                 &empty_routes
             }
         };
@@ -348,7 +392,10 @@ impl Checker {
             if let Some(line) = ids.get(&cfg.id) {
                 self.push(
                     &format!("{ptr}/id"),
-                    format!("duplicate route id `{}` (first used on line {line})", cfg.id),
+                    format!(
+                        "duplicate route id `{}` (first used on line {line})",
+                        cfg.id
+                    ),
                     Some("give every route its own id".into()),
                 );
             } else {
@@ -376,24 +423,47 @@ impl Checker {
             );
         }
         if s.body_limit.0 == 0 {
-            self.push("/server/body_limit", "`body_limit` must be more than 0", None);
+            self.push(
+                "/server/body_limit",
+                "`body_limit` must be more than 0",
+                None,
+            );
         }
         self.mappings_dir = self.base_dir.join(&s.mappings);
         if !self.mappings_dir.is_dir() {
-            let ptr = if self.located.value["server"]["mappings"].is_null() { "" } else { "/server/mappings" };
+            let ptr = if self.located.value["server"]["mappings"].is_null() {
+                ""
+            } else {
+                "/server/mappings"
+            };
             self.push(
                 ptr,
-                format!("the mappings folder {} does not exist", self.mappings_dir.display()),
+                format!(
+                    "the mappings folder {} does not exist",
+                    self.mappings_dir.display()
+                ),
                 Some("create it next to the route file, or set `server.mappings`".into()),
             );
         }
     }
 
-    fn check_system(&mut self, ptr: &str, name: &str, cfg: &types::SystemConfig) -> Option<HttpSystem> {
+    fn check_system(
+        &mut self,
+        ptr: &str,
+        name: &str,
+        cfg: &types::SystemConfig,
+    ) -> Option<HttpSystem> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
-        let connect_timeout = cfg.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(3));
+        let connect_timeout = cfg
+            .connect_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(3));
         if timeout.is_zero() {
-            self.push(&format!("{ptr}/timeout"), "timeout must be more than 0", None);
+            self.push(
+                &format!("{ptr}/timeout"),
+                "timeout must be more than 0",
+                None,
+            );
         }
         let Some(http) = &cfg.http else {
             self.push(
@@ -407,13 +477,17 @@ impl Checker {
         let mut ok = true;
         if !self.is_bad(&url_ptr) {
             match http.url.parse::<http::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http") | Some("https"))
+                        && u.host().is_some() => {}
                 _ => {
                     ok = false;
                     self.push(
                         &url_ptr,
                         "`url` is not an http:// or https:// URL",
-                        Some("write e.g. https://registry.example.lv/api or ${REGISTRY_URL}".into()),
+                        Some(
+                            "write e.g. https://registry.example.lv/api or ${REGISTRY_URL}".into(),
+                        ),
                     );
                 }
             }
@@ -477,7 +551,10 @@ impl Checker {
     ) -> Option<plan::Route> {
         let mut ok = true;
         if cfg.id.is_empty()
-            || !cfg.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !cfg
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             ok = false;
             self.push(
@@ -491,7 +568,9 @@ impl Checker {
             let why = ident::reg_no_check_error(&cfg.owner).unwrap_or("is not valid");
             self.push(
                 &format!("{ptr}/owner"),
-                format!("`owner` must be the owning institution's Enterprise Register number: {why}"),
+                format!(
+                    "`owner` must be the owning institution's Enterprise Register number: {why}"
+                ),
                 Some("write the 11-digit number in quotes, e.g. owner: \"90000038741\"".into()),
             );
         }
@@ -512,21 +591,39 @@ impl Checker {
         match check_route_path(&src.path) {
             Err(msg) => {
                 ok = false;
-                self.push(&path_ptr, msg, Some("e.g. `path: /v1/cases/{caseId}`".into()));
+                self.push(
+                    &path_ptr,
+                    msg,
+                    Some("e.g. `path: /v1/cases/{caseId}`".into()),
+                );
             }
             Ok(()) => {
                 let key = (method.to_string(), normalize_path(&src.path));
                 if let Some(other) = endpoints.get(&key) {
                     ok = false;
-                    let msg = format!("{} {} is already taken by route `{other}`", method, src.path);
-                    self.push(&path_ptr, msg, Some("give each route its own method and path".into()));
+                    let msg = format!(
+                        "{} {} is already taken by route `{other}`",
+                        method, src.path
+                    );
+                    self.push(
+                        &path_ptr,
+                        msg,
+                        Some("give each route its own method and path".into()),
+                    );
                 } else {
                     endpoints.insert(key, cfg.id.clone());
                 }
             }
         }
         let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
-        let steps = self.check_steps(&format!("{ptr}/steps"), "steps", &cfg.steps, systems, &mut names, &cfg.id);
+        let steps = self.check_steps(
+            &format!("{ptr}/steps"),
+            "steps",
+            &cfg.steps,
+            systems,
+            &mut names,
+            &cfg.id,
+        );
         let to = cfg.to.as_ref().and_then(|d| {
             let call = types::CallStep {
                 system: d.system.clone(),
@@ -538,7 +635,15 @@ impl Checker {
                 accept: d.accept.clone(),
                 timeout: None,
             };
-            self.check_call(&format!("{ptr}/to"), "to", &call, systems, &names, &cfg.id, false)
+            self.check_call(
+                &format!("{ptr}/to"),
+                "to",
+                &call,
+                systems,
+                &names,
+                &cfg.id,
+                false,
+            )
         });
         if cfg.to.is_some() && to.is_none() {
             ok = false;
@@ -577,9 +682,11 @@ impl Checker {
                 types::Step::Map(m) => {
                     let (file, as_name, fptr) = match m {
                         types::MapStep::Replace(f) => (f, None, sp.clone()),
-                        types::MapStep::Named(n) => {
-                            (&n.template, Some(n.as_name.clone()), format!("{sp}/template"))
-                        }
+                        types::MapStep::Named(n) => (
+                            &n.template,
+                            Some(n.as_name.clone()),
+                            format!("{sp}/template"),
+                        ),
                     };
                     if let Some(n) = &as_name
                         && !self.define_name(&format!("{sp}/as"), n, names)
@@ -601,7 +708,10 @@ impl Checker {
                 }
                 types::Step::Choice(branches) => self
                     .check_choice(&sp, &sl, branches, systems, names, route_id)
-                    .map(|branches| plan::Step::Choice { label: sl, branches }),
+                    .map(|branches| plan::Step::Choice {
+                        label: sl,
+                        branches,
+                    }),
                 types::Step::Respond(r) => self
                     .check_respond(&sp, &sl, r, route_id)
                     .map(|respond| plan::Step::Respond { label: sl, respond }),
@@ -626,80 +736,143 @@ impl Checker {
         let mut out = Vec::new();
         let mut ok = true;
         if branches.is_empty() {
-            self.push(ptr, "a choice needs at least one branch", Some("add `- when: <condition>` with `steps:` or `respond:`".into()));
+            self.push(
+                ptr,
+                "a choice needs at least one branch",
+                Some("add `- when: <condition>` with `steps:` or `respond:`".into()),
+            );
             return None;
         }
         for (i, b) in branches.iter().enumerate() {
             let bp = format!("{ptr}/{i}");
             let bl = format!("{label}[{i}]");
-            let (when, steps_cfg, steps_ptr, steps_label): (Option<Expr>, Vec<types::Step>, String, String) =
-                match (&b.when, &b.otherwise) {
-                    (Some(_), Some(_)) => {
+            let (when, steps_cfg, steps_ptr, steps_label): (
+                Option<Expr>,
+                Vec<types::Step>,
+                String,
+                String,
+            ) = match (&b.when, &b.otherwise) {
+                (Some(_), Some(_)) => {
+                    ok = false;
+                    self.push(
+                        &format!("{bp}/otherwise"),
+                        "a branch has either `when` or `otherwise`, not both",
+                        None,
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    ok = false;
+                    self.push(
+                        &bp,
+                        "a branch needs `when: <condition>` (or `otherwise:` as the last branch)",
+                        None,
+                    );
+                    continue;
+                }
+                (None, Some(steps)) => {
+                    if i + 1 != branches.len() {
                         ok = false;
-                        self.push(&format!("{bp}/otherwise"), "a branch has either `when` or `otherwise`, not both", None);
-                        continue;
+                        self.push_key(
+                            &format!("{bp}/otherwise"),
+                            "`otherwise` must be the last branch",
+                            Some("move it to the end of the choice".into()),
+                        );
                     }
-                    (None, None) => {
+                    if !b.steps.is_empty() || b.respond.is_some() {
                         ok = false;
-                        self.push(&bp, "a branch needs `when: <condition>` (or `otherwise:` as the last branch)", None);
-                        continue;
+                        self.push(
+                            &bp,
+                            "put the steps of `otherwise` under it: `otherwise: [ ... ]`",
+                            None,
+                        );
                     }
-                    (None, Some(steps)) => {
-                        if i + 1 != branches.len() {
-                            ok = false;
-                            self.push_key(&format!("{bp}/otherwise"), "`otherwise` must be the last branch", Some("move it to the end of the choice".into()));
-                        }
-                        if !b.steps.is_empty() || b.respond.is_some() {
-                            ok = false;
-                            self.push(&bp, "put the steps of `otherwise` under it: `otherwise: [ ... ]`", None);
-                        }
-                        (None, steps.clone(), format!("{bp}/otherwise"), format!("{bl}.otherwise"))
-                    }
-                    (Some(cond), None) => {
-                        let wp = format!("{bp}/when");
-                        let expr = match Expr::parse(cond) {
-                            Ok(e) => {
-                                for (root, off) in e.roots() {
-                                    if !names.contains(&root) {
-                                        ok = false;
-                                        let help = closest(&root, names.iter().map(String::as_str))
-                                            .map(|c| format!("did you mean `{c}`?"))
-                                            .unwrap_or_else(|| format!("names here: {}", names.join(", ")));
-                                        self.push(&wp, format!("unknown name `{root}` in condition (at character {})", off + 1), Some(help));
-                                    }
+                    (
+                        None,
+                        steps.clone(),
+                        format!("{bp}/otherwise"),
+                        format!("{bl}.otherwise"),
+                    )
+                }
+                (Some(cond), None) => {
+                    let wp = format!("{bp}/when");
+                    let expr = match Expr::parse(cond) {
+                        Ok(e) => {
+                            for (root, off) in e.roots() {
+                                if !names.contains(&root) {
+                                    ok = false;
+                                    let help = closest(&root, names.iter().map(String::as_str))
+                                        .map(|c| format!("did you mean `{c}`?"))
+                                        .unwrap_or_else(|| {
+                                            format!("names here: {}", names.join(", "))
+                                        });
+                                    self.push(
+                                        &wp,
+                                        format!(
+                                            "unknown name `{root}` in condition (at character {})",
+                                            off + 1
+                                        ),
+                                        Some(help),
+                                    );
                                 }
-                                Some(e)
                             }
-                            Err(e) => {
-                                ok = false;
-                                self.push(&wp, format!("condition: {} (at character {})", e.message, e.offset + 1), None);
-                                None
-                            }
-                        };
-                        let mut steps = b.steps.clone();
-                        if let Some(r) = &b.respond {
-                            steps.push(types::Step::Respond(r.clone()));
+                            Some(e)
                         }
-                        if steps.is_empty() {
+                        Err(e) => {
                             ok = false;
-                            self.push(&bp, "this branch does nothing", Some("add `steps: [...]` or `respond: {...}`".into()));
+                            self.push(
+                                &wp,
+                                format!("condition: {} (at character {})", e.message, e.offset + 1),
+                                None,
+                            );
+                            None
                         }
-                        let sp = if b.respond.is_some() && b.steps.is_empty() {
-                            // A shorthand respond is reported at the `respond` key.
-                            bp.clone()
-                        } else {
-                            format!("{bp}/steps")
-                        };
-                        (expr, steps, sp, format!("{bl}.steps"))
+                    };
+                    let mut steps = b.steps.clone();
+                    if let Some(r) = &b.respond {
+                        steps.push(types::Step::Respond(r.clone()));
                     }
-                };
+                    if steps.is_empty() {
+                        ok = false;
+                        self.push(
+                            &bp,
+                            "this branch does nothing",
+                            Some("add `steps: [...]` or `respond: {...}`".into()),
+                        );
+                    }
+                    let sp = if b.respond.is_some() && b.steps.is_empty() {
+                        // A shorthand respond is reported at the `respond` key.
+                        bp.clone()
+                    } else {
+                        format!("{bp}/steps")
+                    };
+                    (expr, steps, sp, format!("{bl}.steps"))
+                }
+            };
             let compiled = if steps_ptr == bp {
                 // Shorthand `respond:` → one step located at the branch's `respond` key.
                 let r = b.respond.as_ref().expect("shorthand branch has respond");
-                self.check_respond(&format!("{bp}/respond"), &format!("{bl}.respond"), r, route_id)
-                    .map(|respond| vec![plan::Step::Respond { label: format!("{bl}.respond"), respond }])
+                self.check_respond(
+                    &format!("{bp}/respond"),
+                    &format!("{bl}.respond"),
+                    r,
+                    route_id,
+                )
+                .map(|respond| {
+                    vec![plan::Step::Respond {
+                        label: format!("{bl}.respond"),
+                        respond,
+                    }]
+                })
             } else {
-                self.check_steps(&steps_ptr, &steps_label, &steps_cfg, systems, names, route_id)
+                self.check_steps(
+                    &steps_ptr,
+                    &steps_label,
+                    &steps_cfg,
+                    systems,
+                    names,
+                    route_id,
+                )
             };
             match compiled {
                 Some(steps) => out.push(plan::Branch { when, steps }),
@@ -714,11 +887,22 @@ impl Checker {
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || name.starts_with(|c: char| c.is_ascii_digit())
         {
-            self.push(ptr, format!("`{name}` cannot be a name: use letters, digits and `_`"), Some("e.g. `as: company`".into()));
+            self.push(
+                ptr,
+                format!("`{name}` cannot be a name: use letters, digits and `_`"),
+                Some("e.g. `as: company`".into()),
+            );
             return false;
         }
         if BUILTIN_NAMES.contains(&name) {
-            self.push(ptr, format!("`{name}` is a built-in name"), Some(format!("pick another name; built-ins are {}", BUILTIN_NAMES.join(", "))));
+            self.push(
+                ptr,
+                format!("`{name}` is a built-in name"),
+                Some(format!(
+                    "pick another name; built-ins are {}",
+                    BUILTIN_NAMES.join(", ")
+                )),
+            );
             return false;
         }
         if !names.iter().any(|n| n == name) {
@@ -753,20 +937,27 @@ impl Checker {
                                 format!("declared systems: {}", self.system_names.join(", "))
                             }
                         });
-                    self.push(&format!("{ptr}/system"), format!("unknown system `{}`", c.system), Some(help));
+                    self.push(
+                        &format!("{ptr}/system"),
+                        format!("unknown system `{}`", c.system),
+                        Some(help),
+                    );
                 }
                 // A declared but broken system was reported where it is declared.
                 None
             }
         };
         let method = match &c.method {
-            None if c.body.is_some() => Method::POST,
-            None => Method::GET,
+            None => Method::POST,
             Some(m) => match parse_method(m) {
                 Some(m) => m,
                 None => {
                     ok = false;
-                    self.push(&format!("{ptr}/method"), format!("`{m}` is not an HTTP method tilts sends"), Some("write GET, POST, PUT, PATCH or DELETE".into()));
+                    self.push(
+                        &format!("{ptr}/method"),
+                        format!("`{m}` is not an HTTP method tilts sends"),
+                        Some("write GET, POST, PUT, PATCH or DELETE".into()),
+                    );
                     Method::GET
                 }
             },
@@ -782,7 +973,11 @@ impl Checker {
         }
         if !c.path.is_empty() && !c.path.starts_with('/') && !c.path.starts_with('?') {
             ok = false;
-            self.push(&format!("{ptr}/path"), "a path starts with `/` (or `?` for a query only)", None);
+            self.push(
+                &format!("{ptr}/path"),
+                "a path starts with `/` (or `?` for a query only)",
+                None,
+            );
         }
         let body = match &c.body {
             Some(f) => {
@@ -799,7 +994,12 @@ impl Checker {
             let hp = format!("{ptr}/headers/{}", yaml::escape_pointer(k));
             match HeaderName::from_bytes(k.as_bytes()) {
                 Ok(h) => {
-                    if let Some(t) = self.inline(&hp, Format::Text, &format!("{route_id}/{label}.headers.{k}"), v) {
+                    if let Some(t) = self.inline(
+                        &hp,
+                        Format::Text,
+                        &format!("{route_id}/{label}.headers.{k}"),
+                        v,
+                    ) {
                         headers.push((h, t));
                     } else {
                         ok = false;
@@ -812,12 +1012,20 @@ impl Checker {
             }
         }
         let _ = is_step;
-        let accept = if c.accept.is_empty() { vec![StatusPattern::Class(2)] } else { c.accept.clone() };
+        let accept = if c.accept.is_empty() {
+            vec![StatusPattern::Class(2)]
+        } else {
+            c.accept.clone()
+        };
         if let Some(t) = c.timeout
             && t.0.is_zero()
         {
             ok = false;
-            self.push(&format!("{ptr}/timeout"), "timeout must be more than 0", None);
+            self.push(
+                &format!("{ptr}/timeout"),
+                "timeout must be more than 0",
+                None,
+            );
         }
         if !ok {
             return None;
@@ -834,11 +1042,21 @@ impl Checker {
         })
     }
 
-    fn check_respond(&mut self, ptr: &str, label: &str, r: &types::RespondStep, route_id: &str) -> Option<plan::Respond> {
+    fn check_respond(
+        &mut self,
+        ptr: &str,
+        label: &str,
+        r: &types::RespondStep,
+        route_id: &str,
+    ) -> Option<plan::Respond> {
         let mut ok = true;
         if !(100..=599).contains(&r.status) {
             ok = false;
-            self.push(&format!("{ptr}/status"), format!("{} is not an HTTP status", r.status), Some("write a status from 100 to 599".into()));
+            self.push(
+                &format!("{ptr}/status"),
+                format!("{} is not an HTTP status", r.status),
+                Some("write a status from 100 to 599".into()),
+            );
         }
         let body = match &r.body {
             Some(f) => {
@@ -852,7 +1070,12 @@ impl Checker {
         for (k, v) in &r.headers {
             let hp = format!("{ptr}/headers/{}", yaml::escape_pointer(k));
             match HeaderName::from_bytes(k.as_bytes()) {
-                Ok(h) => match self.inline(&hp, Format::Text, &format!("{route_id}/{label}.headers.{k}"), v) {
+                Ok(h) => match self.inline(
+                    &hp,
+                    Format::Text,
+                    &format!("{route_id}/{label}.headers.{k}"),
+                    v,
+                ) {
                     Some(t) => headers.push((h, t)),
                     None => ok = false,
                 },
@@ -862,15 +1085,32 @@ impl Checker {
                 }
             }
         }
-        ok.then_some(plan::Respond { status: r.status, body, headers })
+        ok.then_some(plan::Respond {
+            status: r.status,
+            body,
+            headers,
+        })
     }
 
     /// Compiles an inline template written in routes.yaml (paths, header values).
-    fn inline(&mut self, ptr: &str, format: Format, name: &str, source: &str) -> Option<TemplateRef> {
+    fn inline(
+        &mut self,
+        ptr: &str,
+        format: Format,
+        name: &str,
+        source: &str,
+    ) -> Option<TemplateRef> {
         match self.mappings.add(format, name, source) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.push(ptr, format!("template syntax: {} (at {}:{} of the value)", e.message, e.line, e.column), None);
+                self.push(
+                    ptr,
+                    format!(
+                        "template syntax: {} (at {}:{} of the value)",
+                        e.message, e.line, e.column
+                    ),
+                    None,
+                );
                 None
             }
         }
@@ -879,21 +1119,39 @@ impl Checker {
     /// Resolves a file name in the mappings folder, refusing names that escape it.
     fn mapping_path(&mut self, ptr: &str, file: &str) -> Option<PathBuf> {
         let rel = Path::new(file);
-        if file.is_empty() || rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if file.is_empty()
+            || rel.is_absolute()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        {
             self.push(ptr, format!("`{file}` must be a path inside the mappings folder"), Some("write it relative to the mappings folder, without `..`, e.g. company-lookup/response.json.hbs".into()));
             return None;
         }
         let full = self.mappings_dir.join(rel);
         if !full.is_file() {
-            let dir = full.parent().map(Path::to_path_buf).unwrap_or_else(|| self.mappings_dir.clone());
+            let dir = full
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.mappings_dir.clone());
             let fname = rel.file_name().and_then(|f| f.to_str()).unwrap_or(file);
             let siblings: Vec<String> = std::fs::read_dir(&dir)
-                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             let help = closest(fname, siblings.iter().map(String::as_str))
-                .map(|c| format!("did you mean `{}`?", Path::new(file).with_file_name(c).display()))
+                .map(|c| {
+                    format!(
+                        "did you mean `{}`?",
+                        Path::new(file).with_file_name(c).display()
+                    )
+                })
                 .unwrap_or_else(|| format!("create {}", full.display()));
-            self.push(ptr, format!("file `{file}` not found in {}", self.mappings_dir.display()), Some(help));
+            self.push(
+                ptr,
+                format!("file `{file}` not found in {}", self.mappings_dir.display()),
+                Some(help),
+            );
             return None;
         }
         Some(full)
@@ -908,7 +1166,11 @@ impl Checker {
         }
         let full = self.mapping_path(ptr, file)?;
         if !file.ends_with(".hbs") {
-            self.push(ptr, format!("`{file}` is not a template"), Some("templates end in .json.hbs, .xml.hbs or .txt.hbs".into()));
+            self.push(
+                ptr,
+                format!("`{file}` is not a template"),
+                Some("templates end in .json.hbs, .xml.hbs or .txt.hbs".into()),
+            );
             return None;
         }
         let result = match self.mappings.add_file(file, &full) {
@@ -943,7 +1205,12 @@ impl Checker {
             return s.clone();
         }
         let full = self.mapping_path(ptr, file)?;
-        let used = format!("schema used by {} ({}:{})", self.context(ptr), self.file.display(), self.located.pos(ptr).line);
+        let used = format!(
+            "schema used by {} ({}:{})",
+            self.context(ptr),
+            self.file.display(),
+            self.located.pos(ptr).line
+        );
         let result = (|| {
             let text = match std::fs::read_to_string(&full) {
                 Ok(t) => t,
@@ -960,7 +1227,10 @@ impl Checker {
                         line: e.line() as u64,
                         column: e.column() as u64,
                         context: used.clone(),
-                        message: format!("not valid JSON: {}", e.to_string().split(" at line ").next().unwrap_or("")),
+                        message: format!(
+                            "not valid JSON: {}",
+                            e.to_string().split(" at line ").next().unwrap_or("")
+                        ),
                         help: None,
                     });
                     return None;
@@ -970,7 +1240,9 @@ impl Checker {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     // JSON is YAML: reuse the YAML reader for the position of the bad keyword.
-                    let pos = yaml::parse(&text).map(|l| l.pos(&e.pointer)).unwrap_or_default();
+                    let pos = yaml::parse(&text)
+                        .map(|l| l.pos(&e.pointer))
+                        .unwrap_or_default();
                     self.diags.push(Diagnostic {
                         file: full.clone(),
                         line: pos.line.max(1),
@@ -1016,9 +1288,13 @@ fn check_route_path(path: &str) -> Result<(), String> {
             let name = seg
                 .strip_prefix('{')
                 .and_then(|s| s.strip_suffix('}'))
-                .ok_or_else(|| format!("`{seg}`: a capture is a whole segment, like `{{caseId}}`"))?;
+                .ok_or_else(|| {
+                    format!("`{seg}`: a capture is a whole segment, like `{{caseId}}`")
+                })?;
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`{seg}`: a capture name is letters, digits and `_`"));
+                return Err(format!(
+                    "`{seg}`: a capture name is letters, digits and `_`"
+                ));
             }
             if !seen.insert(name) {
                 return Err(format!("`{{{name}}}` is captured twice"));

@@ -1,3 +1,394 @@
-//! demo placeholder
-pub async fn run(_c: &std::path::Path, _k: bool) -> anyhow::Result<()> { Ok(()) }
-pub async fn simulate(_p: u16) -> anyhow::Result<()> { Ok(()) }
+//! `tilts demo`: the shipped routes against in-process simulators of the systems they talk to,
+//! a realistic batch of requests (valid, invalid, and some against a failing or slow system),
+//! and a table of what happened. Every case states what it expects, so the demo fails loudly
+//! when tilts does not behave as shown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tilts_adapters::ident;
+use tilts_adapters::sim::{self, Simulators, address_register as ar, enterprise_register as er};
+
+use crate::check;
+
+/// The environment variables routes.yaml reads for the systems' URLs.
+pub const URL_VARS: [(&str, &str); 3] = [
+    ("ENTERPRISE_REGISTER_URL", "enterprise-register"),
+    ("ADDRESS_REGISTER_URL", "address-register"),
+    ("SOCIAL_SERVICES_URL", "social-services"),
+];
+
+/// What to do to a simulator before a case.
+#[derive(Clone, Copy)]
+enum Fault {
+    None,
+    Fail(&'static str, u16),
+    Slow(&'static str, Duration),
+}
+
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    fault: Fault,
+    expect: u16,
+}
+
+/// Runs the demo.
+pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
+    let sims = Simulators::start()
+        .await
+        .context("starting the simulators")?;
+    let urls: HashMap<&str, String> = sims.all().iter().map(|s| (s.name(), s.url())).collect();
+    let overrides: HashMap<String, String> = URL_VARS
+        .iter()
+        .map(|(var, sys)| (var.to_string(), urls[sys].clone()))
+        .collect();
+    let lookup = move |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
+    let plan = match check::load_with_env(config, &lookup) {
+        Ok(p) => p,
+        Err(d) => bail!("{} does not check:\n{d}", config.display()),
+    };
+    let routes = plan.routes.len();
+    let listen = if keep_running {
+        plan.settings.listen.clone()
+    } else {
+        "127.0.0.1:0".to_string()
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::serve(Arc::new(plan), listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let base = format!("http://{addr}");
+
+    println!(
+        "tilts demo: the shipped routes ({}) against simulated systems\n",
+        config.display()
+    );
+    for s in sims.all() {
+        println!("  simulator  {:<20} {}", s.name(), s.url());
+    }
+    println!("  tilts      {:<20} {base}  ({routes} routes)\n", "");
+
+    let cases = cases();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()?;
+    println!(
+        "  {:>2}  {:<6} {:<28} {:<44} {:>6} {:>7}  result",
+        "#", "method", "path", "case", "status", "ms"
+    );
+    let mut failures = 0;
+    for (i, case) in cases.iter().enumerate() {
+        for s in sims.all() {
+            s.faults().clear();
+        }
+        match case.fault {
+            Fault::None => {}
+            Fault::Fail(sys, status) => sim_named(&sims, sys).faults().fail_next(1, status),
+            Fault::Slow(sys, d) => sim_named(&sims, sys).faults().delay(d),
+        }
+        let started = Instant::now();
+        let mut req = client.request(case.method.parse()?, format!("{base}{}", case.path));
+        if let Some(b) = &case.body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("case {}: request", i + 1))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let ms = started.elapsed().as_millis();
+        let ok = status == case.expect;
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "  {:>2}  {:<6} {:<28} {:<44} {:>6} {:>7}  {} {}",
+            i + 1,
+            case.method,
+            case.path,
+            case.what,
+            status,
+            ms,
+            if ok { "ok  " } else { "FAIL" },
+            summarize(&body)
+        );
+    }
+    for s in sims.all() {
+        s.faults().clear();
+    }
+
+    println!("\n  What the systems received (recorded by the simulators):");
+    for s in sims.all() {
+        println!("    {:<20} {} request(s)", s.name(), s.requests().len());
+    }
+    if let Some(first) = sims
+        .social_services
+        .requests()
+        .iter()
+        .find(|r| r.method == "POST")
+        && let Some(mut body) = first.json()
+    {
+        // The demo prints the forwarded case with the personal code masked, as tilts' logs would.
+        if let Some(pk) = body.pointer_mut("/applicant/personalCode") {
+            *pk = Value::String(ident::mask_personal_code(pk.as_str().unwrap_or_default()));
+        }
+        println!(
+            "\n  First case forwarded to social-services (mapped by mappings/applications/to-social-services.json.hbs,"
+        );
+        println!(
+            "  personal code masked here for display; headers X-Tilts-Message-Id={} Idempotency-Key={}):",
+            first.header("x-tilts-message-id").unwrap_or("-"),
+            first.header("idempotency-key").unwrap_or("-")
+        );
+        for line in serde_json::to_string_pretty(&body)?.lines() {
+            println!("    {line}");
+        }
+    }
+
+    println!("\n  Where to look:");
+    println!("    routes.yaml            the routes you just ran (from -> steps -> respond/to)");
+    println!("    mappings/              their templates (*.hbs) and schemas (*.schema.json)");
+    println!("    docs/routes.md         the route language reference");
+    println!("    tilts check            checks routes.yaml and every file it names");
+    println!(
+        "    tilts demo --keep-running   keeps tilts and the simulators up for your own requests"
+    );
+
+    if keep_running {
+        println!("\n  tilts is serving on {base}; try:");
+        println!(
+            "    curl -s {base}/v1/company-lookup -H 'content-type: application/json' -d '{{\"regNo\":\"{}\"}}'",
+            er::ACTIVE_SIA
+        );
+        println!("    curl -s {base}/v1/addresses/{}", ar::RIGA_GERTRUDES_34);
+        println!("  Ctrl-C stops.");
+        crate::server::shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    sims.shutdown().await;
+    if failures > 0 {
+        bail!("{failures} case(s) did not answer as expected");
+    }
+    println!("\n  {} cases, all answered as expected.", cases.len());
+    Ok(())
+}
+
+fn sim_named<'a>(sims: &'a Simulators, name: &str) -> &'a sim::SimServer {
+    sims.all()
+        .into_iter()
+        .find(|s| s.name() == name)
+        .expect("known simulator")
+}
+
+/// One line about an answer: its key fields, or the problem's title and violations.
+fn summarize(body: &Value) -> String {
+    if let Some(title) = body.get("title").and_then(Value::as_str) {
+        let errors: Vec<String> = body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["pointer"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if errors.is_empty() {
+            return format!("{title}: {}", body["detail"].as_str().unwrap_or(""));
+        }
+        return format!("{title}: {}", errors.join("; "));
+    }
+    if let Some(name) = body.get("name").and_then(Value::as_str) {
+        return format!("{name} ({})", body["status"].as_str().unwrap_or(""));
+    }
+    if let Some(text) = body.get("text").and_then(Value::as_str) {
+        return text.to_string();
+    }
+    if let Some(case) = body
+        .pointer("/institution/caseNumber")
+        .and_then(Value::as_str)
+    {
+        return format!("forwarded, institution case {case}");
+    }
+    body.get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A valid application as a VPVKAC centre sends it. Personal codes are fictional test codes.
+pub fn application(n: u32, personal_code: &str) -> Value {
+    json!({
+        "applicationId": format!("VPVKAC-2026-{n:06}"),
+        "centre": {"code": "RIGA-CENTRS", "municipality": "Rīga"},
+        "service": {"code": "SOC-ASSIST-01", "title": "Trūcīgas personas statusa noteikšana"},
+        "applicant": {"personalCode": personal_code, "firstName": "Anna", "lastName": "Kalniņa", "email": "anna@example.lv"},
+        "submittedAt": "2026-11-28T09:15:00+02:00",
+        "channel": "visit"
+    })
+}
+
+/// A valid Enterprise Register number the simulator does not know.
+fn unknown_reg_no() -> String {
+    (4000390000u64..)
+        .filter_map(|p| ident::complete_reg_no(&p.to_string()))
+        .find(|r| er::find(r).is_none())
+        .unwrap_or_default()
+}
+
+fn cases() -> Vec<Case> {
+    let post = |what, path: &str, body, fault, expect| Case {
+        what,
+        method: "POST",
+        path: path.to_string(),
+        body: Some(body),
+        fault,
+        expect,
+    };
+    let get = |what, path: String, fault, expect| Case {
+        what,
+        method: "GET",
+        path,
+        body: None,
+        fault,
+        expect,
+    };
+    vec![
+        post(
+            "active company",
+            "/v1/company-lookup",
+            json!({"regNo": er::ACTIVE_SIA}),
+            Fault::None,
+            200,
+        ),
+        post(
+            "public body",
+            "/v1/company-lookup",
+            json!({"regNo": er::MUNICIPALITY}),
+            Fault::None,
+            200,
+        ),
+        post(
+            "valid number, not registered",
+            "/v1/company-lookup",
+            json!({"regNo": unknown_reg_no()}),
+            Fault::None,
+            404,
+        ),
+        post(
+            "number failing the checksum",
+            "/v1/company-lookup",
+            json!({"regNo": er::BAD_CHECKSUM}),
+            Fault::None,
+            422,
+        ),
+        post(
+            "register answers 503",
+            "/v1/company-lookup",
+            json!({"regNo": er::ACTIVE_AS}),
+            Fault::Fail("enterprise-register", 503),
+            502,
+        ),
+        get(
+            "Riga building",
+            format!("/v1/addresses/{}", ar::RIGA_GERTRUDES_34),
+            Fault::None,
+            200,
+        ),
+        get(
+            "Jelgava building",
+            format!("/v1/addresses/{}", ar::JELGAVA_KATOLU_2),
+            Fault::None,
+            200,
+        ),
+        get(
+            "unknown address code",
+            "/v1/addresses/109999999".into(),
+            Fault::None,
+            404,
+        ),
+        get(
+            "malformed address code",
+            "/v1/addresses/12ab".into(),
+            Fault::None,
+            422,
+        ),
+        post(
+            "application, old-form code",
+            "/v1/applications",
+            application(451, "010190-12349"),
+            Fault::None,
+            201,
+        ),
+        post(
+            "application, new-form code",
+            "/v1/applications",
+            application(452, "320645-11111"),
+            Fault::None,
+            201,
+        ),
+        post(
+            "application, bad code + missing name",
+            "/v1/applications",
+            {
+                let mut a = application(453, "010190-12340");
+                a["applicant"].as_object_mut().map(|o| o.remove("lastName"));
+                a
+            },
+            Fault::None,
+            422,
+        ),
+        post(
+            "application, institution answers 500",
+            "/v1/applications",
+            application(454, "161175-19997"),
+            Fault::Fail("social-services", 500),
+            502,
+        ),
+        post(
+            "application, institution too slow",
+            "/v1/applications",
+            application(455, "150285-10005"),
+            Fault::Slow("social-services", Duration::from_secs(4)),
+            504,
+        ),
+        get("no such route", "/v1/nothing-here".into(), Fault::None, 404),
+    ]
+}
+
+/// `tilts simulate`: the simulators on fixed ports until Ctrl-C.
+pub async fn simulate(first_port: u16) -> anyhow::Result<()> {
+    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let sims = [
+        sim::enterprise_register(at(first_port)).await?,
+        sim::address_register(at(first_port + 1)).await?,
+        sim::social_services(at(first_port + 2)).await?,
+    ];
+    for (s, (var, _)) in sims.iter().zip(URL_VARS) {
+        println!("{:<20} {}   ({var})", s.name(), s.url());
+    }
+    println!("Ctrl-C stops.");
+    crate::server::shutdown_signal().await;
+    for s in sims {
+        s.shutdown().await;
+    }
+    Ok(())
+}

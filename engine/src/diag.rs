@@ -22,7 +22,13 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error", self.file.display(), self.line, self.column)?;
+        write!(
+            f,
+            "{}:{}:{}: error",
+            self.file.display(),
+            self.line,
+            self.column
+        )?;
         if !self.context.is_empty() {
             write!(f, " in {}", self.context)?;
         }
@@ -82,7 +88,10 @@ mod tests {
     #[test]
     fn closest_finds_typos_only() {
         let c = ["enterprise-register", "social-services"];
-        assert_eq!(closest("enterprise-registr", c), Some("enterprise-register"));
+        assert_eq!(
+            closest("enterprise-registr", c),
+            Some("enterprise-register")
+        );
         assert_eq!(closest("something-else-entirely", c), None);
     }
 }

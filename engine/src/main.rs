@@ -9,10 +9,20 @@ use tilts_engine::logging::{self, LogFormat};
 use tilts_engine::{check, demo, server};
 
 #[derive(Parser)]
-#[command(name = "tilts", version, about = "tilts: integration engine for Latvian municipalities")]
+#[command(
+    name = "tilts",
+    version,
+    about = "tilts: integration engine for Latvian municipalities"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "TILTS_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "TILTS_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -56,7 +66,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -85,7 +98,10 @@ async fn run(cli: Cli) -> ExitCode {
         },
         Command::Schema => {
             let schema = schemars::schema_for!(tilts_engine::config::types::RouteFile);
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Command::Serve { config, listen } => {
@@ -94,7 +110,10 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(p) => p,
                 Err(d) => {
                     eprintln!("{d}");
-                    eprintln!("tilts serve: not starting, fix the problems above (tilts check {} shows them)", config.display());
+                    eprintln!(
+                        "tilts serve: not starting, fix the problems above (tilts check {} shows them)",
+                        config.display()
+                    );
                     return ExitCode::FAILURE;
                 }
             };
@@ -107,7 +126,10 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-            tracing::info!(routes = plan.routes.len(), "tilts listening on http://{local}");
+            tracing::info!(
+                routes = plan.routes.len(),
+                "tilts listening on http://{local}"
+            );
             // Printed on stdout for scripts and tests that start tilts on port 0.
             println!("listening on http://{local}");
             match server::serve(Arc::new(plan), listener, server::shutdown_signal()).await {
@@ -121,7 +143,10 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Demo { config, keep_running } => {
+        Command::Demo {
+            config,
+            keep_running,
+        } => {
             if keep_running {
                 logging::init(cli.log_format);
             }

@@ -461,23 +461,36 @@ mod tests {
 
     #[test]
     fn xml_escaping() {
-        let out = render(Format::Xml, "<n>{{body.name}}</n>", json!({"body": {"name": "<a&b>\"'"}}))
-            .unwrap()
-            .into_value();
+        let out = render(
+            Format::Xml,
+            "<n>{{body.name}}</n>",
+            json!({"body": {"name": "<a&b>\"'"}}),
+        )
+        .unwrap()
+        .into_value();
         assert_eq!(out, "<n>&lt;a&amp;b&gt;&quot;&apos;</n>");
     }
 
     #[test]
     fn url_escaping() {
-        let out = render(Format::Url, "/companies/{{body.q}}", json!({"body": {"q": "a b/c?"}}))
-            .unwrap()
-            .into_value();
+        let out = render(
+            Format::Url,
+            "/companies/{{body.q}}",
+            json!({"body": {"q": "a b/c?"}}),
+        )
+        .unwrap()
+        .into_value();
         assert_eq!(out, "/companies/a%20b%2Fc%3F");
     }
 
     #[test]
     fn missing_field_is_an_error_naming_the_field_not_an_empty_string() {
-        let err = render(Format::Json, r#"{"a": "{{body.nope}}"}"#, json!({"body": {}})).unwrap_err();
+        let err = render(
+            Format::Json,
+            r#"{"a": "{{body.nope}}"}"#,
+            json!({"body": {}}),
+        )
+        .unwrap_err();
         assert!(err.message.contains("body.nope"), "{}", err.message);
         assert!(err.message.contains("default"), "{}", err.message);
     }
@@ -503,7 +516,10 @@ mod tests {
         )
         .unwrap()
         .into_value();
-        assert_eq!(out, json!({"m": "010190-*****", "v": true, "bad": false, "r": true, "u": "RĪGA"}));
+        assert_eq!(
+            out,
+            json!({"m": "010190-*****", "v": true, "bad": false, "r": true, "u": "RĪGA"})
+        );
     }
 
     #[test]
@@ -514,22 +530,34 @@ mod tests {
             "2026-11-28 10:00"
         );
         assert!(format_date("yesterday", "%Y").is_none());
-        let out = render(Format::Text, "{{now \"%Y\"}}", json!({})).unwrap().into_value();
+        let out = render(Format::Text, "{{now \"%Y\"}}", json!({}))
+            .unwrap()
+            .into_value();
         assert_eq!(out.as_str().unwrap().len(), 4);
     }
 
     #[test]
     fn invalid_json_output_is_reported_without_content() {
-        let err = render(Format::Json, r#"{"a": {{body.s}}}"#, json!({"body": {"s": "secret-010190-12349"}}))
-            .unwrap_err();
-        assert!(err.message.contains("did not produce valid JSON"), "{}", err.message);
+        let err = render(
+            Format::Json,
+            r#"{"a": {{body.s}}}"#,
+            json!({"body": {"s": "secret-010190-12349"}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("did not produce valid JSON"),
+            "{}",
+            err.message
+        );
         assert!(!err.message.contains("010190"), "{}", err.message);
     }
 
     #[test]
     fn compile_errors_have_positions() {
         let mut m = Mappings::new();
-        let e = m.add(Format::Json, "t", "{\n  \"a\": {{#if x}}\n}").unwrap_err();
+        let e = m
+            .add(Format::Json, "t", "{\n  \"a\": {{#if x}}\n}")
+            .unwrap_err();
         assert!(e.line >= 2, "{e:?}");
     }
 }

@@ -40,11 +40,27 @@ pub struct Route {
 /// A compiled step. `label` is the step's place for errors and logs, e.g. `steps[2].call`.
 #[derive(Debug)]
 pub enum Step {
-    Validate { label: String, schema: Arc<Schema> },
-    Map { label: String, template: TemplateRef, as_name: Option<String> },
-    Call { label: String, call: Call },
-    Choice { label: String, branches: Vec<Branch> },
-    Respond { label: String, respond: Respond },
+    Validate {
+        label: String,
+        schema: Arc<Schema>,
+    },
+    Map {
+        label: String,
+        template: TemplateRef,
+        as_name: Option<String>,
+    },
+    Call {
+        label: String,
+        call: Call,
+    },
+    Choice {
+        label: String,
+        branches: Vec<Branch>,
+    },
+    Respond {
+        label: String,
+        respond: Respond,
+    },
 }
 
 /// A request to a system (a `call` step or a route's `to`).

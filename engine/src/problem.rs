@@ -48,19 +48,39 @@ impl Problem {
     }
 
     pub fn not_found() -> Self {
-        Problem::new(404, "not-found", "No route for this request", "no route matches this method and path")
+        Problem::new(
+            404,
+            "not-found",
+            "No route for this request",
+            "no route matches this method and path",
+        )
     }
 
     pub fn method_not_allowed() -> Self {
-        Problem::new(405, "method-not-allowed", "Method not allowed", "a route has this path, but not for this method")
+        Problem::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            "a route has this path, but not for this method",
+        )
     }
 
     pub fn too_large(limit: u64) -> Self {
-        Problem::new(413, "body-too-large", "Request body too large", format!("the body is larger than the limit of {limit} bytes"))
+        Problem::new(
+            413,
+            "body-too-large",
+            "Request body too large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
     }
 
     pub fn invalid(errors: Vec<Violation>) -> Self {
-        let mut p = Problem::new(422, "invalid-request", "The request is not valid", format!("{} violation(s) of the route's schema", errors.len()));
+        let mut p = Problem::new(
+            422,
+            "invalid-request",
+            "The request is not valid",
+            format!("{} violation(s) of the route's schema", errors.len()),
+        );
         p.errors = errors;
         p
     }
@@ -78,8 +98,15 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(id) = self.message_id.as_deref().and_then(|m| HeaderValue::from_str(m).ok()) {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(id) = self
+            .message_id
+            .as_deref()
+            .and_then(|m| HeaderValue::from_str(m).ok())
+        {
             h.insert("x-tilts-message-id", id);
         }
         if let Some(s) = self.retry_after {

@@ -45,7 +45,10 @@ pub struct Reply {
 pub enum RouteError {
     /// A `validate` step found violations (422).
     #[error("{label}: {} violation(s)", violations.len())]
-    Invalid { label: String, violations: Vec<Violation> },
+    Invalid {
+        label: String,
+        violations: Vec<Violation>,
+    },
     /// A template failed (a missing field, invalid JSON output) (500: the mapping is wrong for this input).
     #[error("{label}: {error}")]
     Mapping { label: String, error: MappingError },
@@ -119,7 +122,11 @@ struct Exchange<'a> {
 }
 
 impl<'a> Exchange<'a> {
-    fn steps<'s>(&'s mut self, steps: &'a [Step], ctx: &'s mut Context) -> BoxFuture<'s, Result<Flow, RouteError>>
+    fn steps<'s>(
+        &'s mut self,
+        steps: &'a [Step],
+        ctx: &'s mut Context,
+    ) -> BoxFuture<'s, Result<Flow, RouteError>>
     where
         'a: 's,
     {
@@ -129,15 +136,25 @@ impl<'a> Exchange<'a> {
                     Step::Validate { label, schema } => {
                         let violations = schema.validate(&ctx.data()["payload"]);
                         if !violations.is_empty() {
-                            return Err(RouteError::Invalid { label: label.clone(), violations });
+                            return Err(RouteError::Invalid {
+                                label: label.clone(),
+                                violations,
+                            });
                         }
                     }
-                    Step::Map { label, template, as_name } => {
+                    Step::Map {
+                        label,
+                        template,
+                        as_name,
+                    } => {
                         let out = self
                             .plan
                             .mappings
                             .render(template, ctx)
-                            .map_err(|error| RouteError::Mapping { label: label.clone(), error })?
+                            .map_err(|error| RouteError::Mapping {
+                                label: label.clone(),
+                                error,
+                            })?
                             .into_value();
                         let key = as_name.as_deref().unwrap_or("payload");
                         set(ctx, key, out);
@@ -148,19 +165,30 @@ impl<'a> Exchange<'a> {
                         let headers: Map<String, Value> = resp
                             .headers
                             .iter()
-                            .filter_map(|(k, v)| Some((k.as_str().to_string(), Value::String(v.to_str().ok()?.to_string()))))
+                            .filter_map(|(k, v)| {
+                                Some((
+                                    k.as_str().to_string(),
+                                    Value::String(v.to_str().ok()?.to_string()),
+                                ))
+                            })
                             .collect();
                         let name = call.as_name.as_deref().unwrap_or("response");
-                        set(ctx, name, json!({"status": resp.status, "headers": headers, "body": body}));
+                        set(
+                            ctx,
+                            name,
+                            json!({"status": resp.status, "headers": headers, "body": body}),
+                        );
                     }
                     Step::Choice { label, branches } => {
                         let mut chosen = None;
                         for b in branches {
                             let hit = match &b.when {
                                 None => true,
-                                Some(e) => e.eval_bool(ctx.data()).map_err(|err| RouteError::Condition {
-                                    label: label.clone(),
-                                    message: err.message,
+                                Some(e) => e.eval_bool(ctx.data()).map_err(|err| {
+                                    RouteError::Condition {
+                                        label: label.clone(),
+                                        message: err.message,
+                                    }
                                 })?,
                             };
                             if hit {
@@ -183,11 +211,19 @@ impl<'a> Exchange<'a> {
         })
     }
 
-    fn render(&self, label: &str, t: &crate::mapping::TemplateRef, ctx: &Context) -> Result<Rendered, RouteError> {
+    fn render(
+        &self,
+        label: &str,
+        t: &crate::mapping::TemplateRef,
+        ctx: &Context,
+    ) -> Result<Rendered, RouteError> {
         self.plan
             .mappings
             .render(t, ctx)
-            .map_err(|error| RouteError::Mapping { label: label.to_string(), error })
+            .map_err(|error| RouteError::Mapping {
+                label: label.to_string(),
+                error,
+            })
     }
 
     fn render_headers(
@@ -199,14 +235,19 @@ impl<'a> Exchange<'a> {
         headers
             .iter()
             .map(|(k, t)| {
-                let v = self
-                    .plan
-                    .mappings
-                    .render_string(t, ctx)
-                    .map_err(|error| RouteError::Mapping { label: label.to_string(), error })?;
+                let v = self.plan.mappings.render_string(t, ctx).map_err(|error| {
+                    RouteError::Mapping {
+                        label: label.to_string(),
+                        error,
+                    }
+                })?;
                 let v = HeaderValue::from_str(&v).map_err(|_| RouteError::Mapping {
                     label: label.to_string(),
-                    error: MappingError { message: format!("header {k} rendered to a value that is not allowed in HTTP headers") },
+                    error: MappingError {
+                        message: format!(
+                            "header {k} rendered to a value that is not allowed in HTTP headers"
+                        ),
+                    },
                 })?;
                 Ok((k.clone(), v))
             })
@@ -217,7 +258,12 @@ impl<'a> Exchange<'a> {
         let mut reply = match &r.body {
             Some(t) => {
                 let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
-                Reply { status: r.status, content_type: ct.to_string(), headers: Vec::new(), body }
+                Reply {
+                    status: r.status,
+                    content_type: ct.to_string(),
+                    headers: Vec::new(),
+                    body,
+                }
             }
             None => json_reply(r.status, &ctx.data()["payload"]),
         };
@@ -231,14 +277,16 @@ impl<'a> Exchange<'a> {
         label: &str,
         ctx: &Context,
     ) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
-        let path = match &call.path {
-            Some(t) => self
-                .plan
-                .mappings
-                .render_string(t, ctx)
-                .map_err(|error| RouteError::Mapping { label: label.to_string(), error })?,
-            None => String::new(),
-        };
+        let path =
+            match &call.path {
+                Some(t) => self.plan.mappings.render_string(t, ctx).map_err(|error| {
+                    RouteError::Mapping {
+                        label: label.to_string(),
+                        error,
+                    }
+                })?,
+                None => String::new(),
+            };
         let mut headers = self.render_headers(label, &call.headers, ctx)?;
         let body = match &call.body {
             Some(t) => {
@@ -248,8 +296,13 @@ impl<'a> Exchange<'a> {
             }
             None if call.method == Method::GET || call.method == Method::DELETE => None,
             None => {
-                headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
-                Some(Bytes::from(serde_json::to_vec(&ctx.data()["payload"]).unwrap_or_default()))
+                headers.push((
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ));
+                Some(Bytes::from(
+                    serde_json::to_vec(&ctx.data()["payload"]).unwrap_or_default(),
+                ))
             }
         };
         if let Ok(id) = HeaderValue::from_str(self.message_id) {
@@ -261,7 +314,13 @@ impl<'a> Exchange<'a> {
         let started = Instant::now();
         let result = call
             .system
-            .send(HttpRequest { method: call.method.clone(), path, headers, body, timeout: call.timeout })
+            .send(HttpRequest {
+                method: call.method.clone(),
+                path,
+                headers,
+                body,
+                timeout: call.timeout,
+            })
             .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -272,11 +331,17 @@ impl<'a> Exchange<'a> {
             Ok(resp) => {
                 let error = resp.into_status_error(call.system.name());
                 tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call not accepted");
-                Err(RouteError::Upstream { label: label.to_string(), error })
+                Err(RouteError::Upstream {
+                    label: label.to_string(),
+                    error,
+                })
             }
             Err(error) => {
                 tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call failed");
-                Err(RouteError::Upstream { label: label.to_string(), error })
+                Err(RouteError::Upstream {
+                    label: label.to_string(),
+                    error,
+                })
             }
         }
     }
@@ -291,7 +356,10 @@ fn set(ctx: &mut Context, key: &str, v: Value) {
 /// Encodes a rendered template as a body with its content type.
 fn encode(r: Rendered, format: Format) -> (&'static str, Bytes) {
     match r {
-        Rendered::Json(v) => ("application/json", Bytes::from(serde_json::to_vec(&v).unwrap_or_default())),
+        Rendered::Json(v) => (
+            "application/json",
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+        ),
         Rendered::Text(s) => (format.content_type(), Bytes::from(s)),
     }
 }

@@ -51,7 +51,9 @@ impl Schema {
         }
         let mut opts = jsonschema::options()
             .should_validate_formats(true)
-            .with_format("lv-personal-code", |s: &str| ident::PersonalCode::parse(s).is_ok())
+            .with_format("lv-personal-code", |s: &str| {
+                ident::PersonalCode::parse(s).is_ok()
+            })
             .with_format("lv-reg-no", ident::is_valid_reg_no);
         if doc.get("$schema").is_none() {
             opts = opts.with_draft(jsonschema::Draft::Draft202012);
@@ -93,10 +95,7 @@ impl Schema {
 fn message_for(e: &jsonschema::ValidationError<'_>) -> String {
     use jsonschema::error::ValidationErrorKind as K;
     match e.kind() {
-        K::Required { property } => format!(
-            "required property {} is missing",
-            property
-        ),
+        K::Required { property } => format!("required property {} is missing", property),
         K::Format { format } => match format.as_str() {
             "lv-personal-code" => "is not a valid Latvian personal code".into(),
             "lv-reg-no" => "is not a valid Enterprise Register number".into(),
@@ -104,7 +103,10 @@ fn message_for(e: &jsonschema::ValidationError<'_>) -> String {
         },
         K::Pattern { pattern } => format!("does not match the pattern {pattern}"),
         K::AdditionalProperties { unexpected } => {
-            format!("has properties the schema does not allow: {}", unexpected.join(", "))
+            format!(
+                "has properties the schema does not allow: {}",
+                unexpected.join(", ")
+            )
         }
         _ => e.masked_with("the value").to_string(),
     }
@@ -135,7 +137,9 @@ mod tests {
 
     #[test]
     fn valid_message_has_no_violations() {
-        let v = schema().validate(&json!({"personalCode": "010190-12349", "regNo": "40003521600", "amount": 5}));
+        let v = schema().validate(
+            &json!({"personalCode": "010190-12349", "regNo": "40003521600", "amount": 5}),
+        );
         assert!(v.is_empty(), "{v:?}");
     }
 
@@ -161,7 +165,11 @@ mod tests {
 
     #[test]
     fn invalid_schema_is_reported_with_a_pointer() {
-        let e = Schema::compile("t", &json!({"type": "object", "properties": {"a": {"type": "strnig"}}})).unwrap_err();
+        let e = Schema::compile(
+            "t",
+            &json!({"type": "object", "properties": {"a": {"type": "strnig"}}}),
+        )
+        .unwrap_err();
         assert!(e.pointer.contains("/properties/a"), "{e:?}");
     }
 }

@@ -84,7 +84,14 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
-        return finish(&route, &message_id, started, Problem::too_large(limit).with_route(&route.id, &message_id).into_response());
+        return finish(
+            &route,
+            &message_id,
+            started,
+            Problem::too_large(limit)
+                .with_route(&route.id, &message_id)
+                .into_response(),
+        );
     }
     let bytes = match axum::body::to_bytes(Body::new(body), limit as usize).await {
         Ok(b) => b,
@@ -95,14 +102,31 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             let p = if too_large {
                 Problem::too_large(limit)
             } else {
-                Problem::new(400, "bad-body", "Could not read the request body", "the request body ended early or was malformed")
+                Problem::new(
+                    400,
+                    "bad-body",
+                    "Could not read the request body",
+                    "the request body ended early or was malformed",
+                )
             };
-            return finish(&route, &message_id, started, p.with_route(&route.id, &message_id).into_response());
+            return finish(
+                &route,
+                &message_id,
+                started,
+                p.with_route(&route.id, &message_id).into_response(),
+            );
         }
     };
     let body = match parse_request_body(&parts.headers, &bytes) {
         Ok(v) => v,
-        Err(p) => return finish(&route, &message_id, started, p.with_route(&route.id, &message_id).into_response()),
+        Err(p) => {
+            return finish(
+                &route,
+                &message_id,
+                started,
+                p.with_route(&route.id, &message_id).into_response(),
+            );
+        }
     };
     let params = path_params(&mut parts).await;
     let query = parts
@@ -118,18 +142,42 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
     let headers: Map<String, Value> = parts
         .headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), Value::String(v.to_str().ok()?.to_string()))))
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_string(),
+                Value::String(v.to_str().ok()?.to_string()),
+            ))
+        })
         .collect();
-    let input = Input { message_id: message_id.clone(), body, headers, query, params };
-    let outcome = tokio::time::timeout(plan.settings.route_timeout.0, runtime::run(plan, &route, input)).await;
+    let input = Input {
+        message_id: message_id.clone(),
+        body,
+        headers,
+        query,
+        params,
+    };
+    let outcome = tokio::time::timeout(
+        plan.settings.route_timeout.0,
+        runtime::run(plan, &route, input),
+    )
+    .await;
     let resp = match outcome {
         Err(_) => {
-            let mut p = Problem::new(504, "route-timeout", "The route took too long", "the route did not finish within its time limit");
+            let mut p = Problem::new(
+                504,
+                "route-timeout",
+                "The route took too long",
+                "the route did not finish within its time limit",
+            );
             p.retry_after = Some(5);
             p.with_route(&route.id, &message_id).into_response()
         }
         Ok(Ok(reply)) => {
-            let mut resp = (StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK), reply.body).into_response();
+            let mut resp = (
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+                reply.body,
+            )
+                .into_response();
             let h = resp.headers_mut();
             if let Ok(ct) = HeaderValue::from_str(&reply.content_type) {
                 h.insert(header::CONTENT_TYPE, ct);
@@ -142,7 +190,9 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             }
             resp
         }
-        Ok(Err(e)) => problem_for(&e).with_route(&route.id, &message_id).into_response(),
+        Ok(Err(e)) => problem_for(&e)
+            .with_route(&route.id, &message_id)
+            .into_response(),
     };
     finish(&route, &message_id, started, resp)
 }
@@ -164,17 +214,33 @@ pub fn problem_for(e: &RouteError) -> Problem {
         RouteError::Invalid { violations, .. } => Problem::invalid(violations.clone()),
         RouteError::Mapping { label, error } => {
             tracing::error!(step = %label, error = %error, "mapping failed");
-            Problem::new(500, "mapping-failed", "The route could not map this message", format!("{label} failed; the operator log has the details"))
+            Problem::new(
+                500,
+                "mapping-failed",
+                "The route could not map this message",
+                format!("{label} failed; the operator log has the details"),
+            )
         }
         RouteError::Condition { label, message } => {
             tracing::error!(step = %label, error = %message, "condition failed");
-            Problem::new(500, "condition-failed", "The route could not evaluate a condition", format!("{label} failed; the operator log has the details"))
+            Problem::new(
+                500,
+                "condition-failed",
+                "The route could not evaluate a condition",
+                format!("{label} failed; the operator log has the details"),
+            )
         }
         RouteError::Upstream { label, error } => {
             let (status, kind, title) = match error.kind {
-                FailureKind::Timeout => (504, "upstream-timeout", "A system did not answer in time"),
-                FailureKind::Status(_) => (502, "upstream-error", "A system answered with an error"),
-                FailureKind::Connect => (502, "upstream-unreachable", "A system could not be reached"),
+                FailureKind::Timeout => {
+                    (504, "upstream-timeout", "A system did not answer in time")
+                }
+                FailureKind::Status(_) => {
+                    (502, "upstream-error", "A system answered with an error")
+                }
+                FailureKind::Connect => {
+                    (502, "upstream-unreachable", "A system could not be reached")
+                }
                 _ => (502, "upstream-error", "A system's answer could not be used"),
             };
             let mut p = Problem::new(status, kind, title, format!("{label}: {error}"));
@@ -190,18 +256,40 @@ fn parse_request_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<V
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if !(ct.starts_with("application/json") || ct.contains("+json")) {
-        return Err(Problem::new(415, "unsupported-media-type", "Unsupported content type", "send the body as application/json"));
+        return Err(Problem::new(
+            415,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "send the body as application/json",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        Problem::new(400, "malformed-json", "The body is not valid JSON", format!("JSON syntax error at line {}, column {}", e.line(), e.column()))
+        Problem::new(
+            400,
+            "malformed-json",
+            "The body is not valid JSON",
+            format!(
+                "JSON syntax error at line {}, column {}",
+                e.line(),
+                e.column()
+            ),
+        )
     })
 }
 
 async fn path_params(parts: &mut axum::http::request::Parts) -> Map<String, Value> {
-    match <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(parts, &()).await {
-        Ok(raw) => raw.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect(),
+    match <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(parts, &())
+        .await
+    {
+        Ok(raw) => raw
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect(),
         Err(_) => Map::new(),
     }
 }
@@ -224,15 +312,13 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -257,10 +343,13 @@ pub async fn serve(
         tracing::info!("shutdown requested: finishing in-flight requests");
         let _ = tx.send(());
     });
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-        });
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = rx.await;
+    });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = &mut server => r,

@@ -7,9 +7,9 @@
 //!   `GET /_sim/faults` and `POST /_sim/faults` with `{"mode":"fail","status":503,"count":2}`,
 //!   `{"mode":"fail_always","status":500}`, `{"mode":"delay","ms":3000}`,
 //!   `{"mode":"reset","count":1}` or `{"mode":"none"}` (settings combine; `none` clears all).
-//! - [`enterprise_register`]: the Enterprise Register (UR), company lookup and search.
-//! - [`address_register`]: the State Address Register (VZD), address lookup and search.
-//! - [`social_services`]: a social service's case intake that receives applications.
+//! - [`mod@enterprise_register`]: the Enterprise Register (UR), company lookup and search.
+//! - [`mod@address_register`]: the State Address Register (VZD), address lookup and search.
+//! - [`mod@social_services`]: a social service's case intake that receives applications.
 //!
 //! Each module documents its contract and exports its notable fixtures as constants, so tests
 //! and the demo can name them instead of copying numbers.

@@ -856,7 +856,10 @@ mod tests {
         let c = client();
         let url = format!("{}/ping", sim.url());
         let err = c.get(&url).send().await.unwrap_err();
-        assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
+        assert!(
+            err.is_request() && !err.is_timeout() && err.status().is_none(),
+            "{err:?}"
+        );
         // The next request is served normally on a fresh connection.
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(r.text().await.unwrap(), "pong");

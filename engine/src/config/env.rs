@@ -61,7 +61,9 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
             continue;
         };
         let Some(end) = body.find('}') else {
-            return Err("unclosed '${': write ${NAME} or ${NAME:-default}, or $${ for a literal".into());
+            return Err(
+                "unclosed '${': write ${NAME} or ${NAME:-default}, or $${ for a literal".into(),
+            );
         };
         let inner = &body[..end];
         let (name, default) = match inner.find(":-") {
@@ -69,9 +71,7 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
             None => (inner, None),
         };
         if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || name.starts_with(|c: char| c.is_ascii_digit())
         {
             return Err(format!(
@@ -107,10 +107,16 @@ mod tests {
 
     #[test]
     fn expands_set_default_and_literal() {
-        assert_eq!(expand("http://${HOST}:80", &env).unwrap(), "http://10.0.0.1:80");
+        assert_eq!(
+            expand("http://${HOST}:80", &env).unwrap(),
+            "http://10.0.0.1:80"
+        );
         assert_eq!(expand("${PORT:-8080}", &env).unwrap(), "8080");
         assert_eq!(expand("${HOST:-x}", &env).unwrap(), "10.0.0.1");
-        assert_eq!(expand("cost $5 and $${HOST}", &env).unwrap(), "cost $5 and ${HOST}");
+        assert_eq!(
+            expand("cost $5 and $${HOST}", &env).unwrap(),
+            "cost $5 and ${HOST}"
+        );
         assert_eq!(expand("${EMPTY:-}", &env).unwrap(), "");
     }
 

@@ -258,7 +258,7 @@ impl<'de> Deserialize<'de> for MapStep {
 pub struct CallStep {
     /// Name of a system declared under `systems`.
     pub system: String,
-    /// HTTP method. Default `POST` when there is a body, `GET` otherwise.
+    /// HTTP method. Default `POST`.
     #[serde(default)]
     pub method: Option<String>,
     /// Path appended to the system's URL; may use `{{...}}` (e.g. `/companies/{{body.regNo}}`).
@@ -315,7 +315,9 @@ impl<'de> Deserialize<'de> for StatusPattern {
             },
             serde_json::Value::String(s) => {
                 let b = s.as_bytes();
-                if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && s[1..].eq_ignore_ascii_case("xx")
+                if b.len() == 3
+                    && (b'1'..=b'5').contains(&b[0])
+                    && s[1..].eq_ignore_ascii_case("xx")
                 {
                     Ok(StatusPattern::Class((b[0] - b'0') as u16))
                 } else if let Ok(n @ 100..=599) = s.parse::<u16>() {
@@ -410,7 +412,9 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = serde_json::Value::deserialize(d)?;
         match v {
-            serde_json::Value::String(s) => parse_duration(&s).map(Dur).map_err(serde::de::Error::custom),
+            serde_json::Value::String(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
             _ => Err(serde::de::Error::custom(
                 "a duration is written with a unit, as a string: \"250ms\", \"5s\", \"2m\", \"1h\"",
             )),
@@ -474,9 +478,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 let t = s.trim();
                 let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
                 let (num, unit) = t.split_at(split);
-                let n: u64 = num
-                    .parse()
-                    .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a size: {hint}")))?;
+                let n: u64 = num.parse().map_err(|_| {
+                    serde::de::Error::custom(format!("'{s}' is not a size: {hint}"))
+                })?;
                 let mult = match unit.trim().to_ascii_uppercase().as_str() {
                     "" | "B" => 1,
                     "KB" | "KIB" => 1024,
@@ -520,7 +524,11 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 sec").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 sec")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("fast").is_err());
     }
 

@@ -85,7 +85,10 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
         });
     }
     let root: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| {
-        let pos = e.location().map(Pos::from).unwrap_or(Pos { line: 1, column: 1 });
+        let pos = e
+            .location()
+            .map(Pos::from)
+            .unwrap_or(Pos { line: 1, column: 1 });
         SyntaxError {
             pos,
             message: clean_message(&e.without_snippet().to_string()),
@@ -117,7 +120,9 @@ fn flatten(
         Node::Bool(b) => Value::Bool(b),
         Node::I64(i) => Value::Number(i.into()),
         Node::U64(u) => Value::Number(u.into()),
-        Node::F64(f) => Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null),
+        Node::F64(f) => Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         Node::Str(s) => Value::String(s),
         Node::Seq(items) => Value::Array(
             items

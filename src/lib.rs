@@ -1,1 +1,0 @@
-//! Owns the black-box tests in `tests/`.
