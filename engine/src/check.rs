@@ -66,6 +66,15 @@ pub fn load_with_env(
             return Err(c.finish_err());
         }
     }
+    for (key, pos, first) in std::mem::take(&mut c.located.duplicates) {
+        c.push_at(
+            pos.line,
+            pos.column,
+            "",
+            format!("duplicate key `{key}` (first on line {first})"),
+            Some("a key may appear once in a mapping: remove or rename one of them".into()),
+        );
+    }
     let mut root = std::mem::take(&mut c.located.value);
     let mut env_problems = Vec::new();
     env::interpolate(&mut root, "", lookup, &mut env_problems);
@@ -211,6 +220,8 @@ impl Checker {
                     format!("{s} › {r}")
                 }
             }
+            // A top-level key: the message names it, a context would only repeat it.
+            _ if segs.len() <= 1 => String::new(),
             _ => rest(0),
         }
     }
@@ -252,12 +263,15 @@ impl Checker {
             let end = msg[i..].find('`')?;
             Some(msg[i..i + end].to_string())
         };
+        // serde lists the allowed names as "expected one of `a`, `b`", "expected `a` or `b`"
+        // or "expected `a`".
         let expected: Vec<String> = msg
             .split("expected one of ")
             .nth(1)
             .or_else(|| msg.split("expected ").nth(1))
             .map(|s| {
                 s.split(',')
+                    .flat_map(|p| p.split(" or "))
                     .map(|p| p.trim().trim_matches(|c| c == '`' || c == ' ').to_string())
                     .filter(|p| !p.is_empty() && !p.contains(' '))
                     .collect()
@@ -279,6 +293,12 @@ impl Checker {
             };
             let help = help_for(&field);
             self.push_key(&key_ptr, format!("unknown field `{field}`"), help);
+        } else if let Some(variant) = quoted("unknown variant `")
+            && self.value_at(ptr).and_then(Value::as_str) == Some(variant.as_str())
+        {
+            // A plain value naming an unknown choice (`delivery: async`): point at the value.
+            let help = help_for(&variant);
+            self.push(ptr, format!("`{variant}` is not a valid value"), help);
         } else if let Some(variant) = quoted("unknown variant `") {
             let key_ptr = if ptr.ends_with(&format!("/{}", yaml::escape_pointer(&variant))) {
                 ptr.to_string()
@@ -299,6 +319,10 @@ impl Checker {
             let clean = msg.split(" at line ").next().unwrap_or(msg).to_string();
             self.push(ptr, clean, None);
         }
+    }
+
+    fn value_at(&self, pointer: &str) -> Option<&Value> {
+        self.located.value.pointer(pointer)
     }
 
     fn check_file(&mut self) -> Option<Plan> {

@@ -11,6 +11,8 @@
 //! - [`server`]: the HTTP ingress (`fn app`), problem responses ([`problem`]), graceful shutdown.
 //! - [`demo`]: `tilts demo`, the whole thing against simulators in one command.
 //! - [`logging`]: tracing with personal codes scrubbed.
+//! - [`store`]: the durable message store (SQLite embedded default, PostgreSQL for production):
+//!   enqueue, leased claims, attempts, dead letters, idempotency. Not yet wired to routes.
 //!
 //! The adapter contract and the adapters live in `tilts-adapters`; this crate depends on it.
 
@@ -26,3 +28,4 @@ pub mod problem;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod store;

@@ -225,7 +225,15 @@ fn json_error_class(e: &serde_json::Error) -> &'static str {
 fn template_reason(e: &handlebars::TemplateError) -> String {
     // TemplateError's Display repeats the whole template segment; its reason alone is enough.
     let reason = e.reason().to_string();
-    reason.lines().next().unwrap_or(&reason).trim().to_string()
+    let first = reason.lines().next().unwrap_or(&reason).trim();
+    // The parser names its internal grammar rules ("expected trailing_tilde_to_omit_whitespace");
+    // a person needs to hear what is malformed.
+    if first.contains("expected") && first.contains('_') {
+        "a tag is not closed or is malformed: every `{{` needs its `}}` (and `{{#x}}` its `{{/x}}`)"
+            .to_string()
+    } else {
+        first.to_string()
+    }
 }
 
 fn render_error_text(name: &str, e: &RenderError) -> String {

@@ -66,8 +66,15 @@ pub fn app(plan: Arc<Plan>) -> (Router, Arc<AppState>) {
                 }
             }),
         )
-        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
-        .fallback(|| async { Problem::not_found() });
+        // The path is not logged: a caller may have put a personal code in it.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            tracing::info!(%method, status = 405, "request for a route's path with another method");
+            Problem::method_not_allowed()
+        })
+        .fallback(|method: axum::http::Method| async move {
+            tracing::info!(%method, status = 404, "request without a route");
+            Problem::not_found()
+        });
     (router, state)
 }
 

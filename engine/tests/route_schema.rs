@@ -22,10 +22,13 @@ fn published_schema_is_up_to_date() {
 
 #[test]
 fn shipped_routes_are_valid_against_the_schema() {
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("docs/routes.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("docs/routes.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let routes = yaml::parse(&std::fs::read_to_string(repo().join("routes.yaml")).unwrap()).unwrap();
+    let routes =
+        yaml::parse(&std::fs::read_to_string(repo().join("routes.yaml")).unwrap()).unwrap();
     let errors: Vec<String> = validator
         .iter_errors(&routes.value)
         .map(|e| format!("{} at {}", e, e.instance_path()))

@@ -442,6 +442,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
     let hint = "write a number and a unit: 250ms, 5s, 2m, 1h or 1d";
     let n: f64 = num
         .parse()

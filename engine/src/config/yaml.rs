@@ -40,6 +40,9 @@ pub struct NodePos {
 pub struct Located {
     pub value: Value,
     positions: HashMap<String, NodePos>,
+    /// Keys that appear twice in one mapping: (key, position of the repeat, line of the first).
+    /// The later value wins in `value`; the checker reports each as an error.
+    pub duplicates: Vec<(String, Pos, u64)>,
 }
 
 impl Located {
@@ -82,9 +85,15 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
         return Ok(Located {
             value: Value::Null,
             positions: HashMap::from([(String::new(), NodePos::default())]),
+            duplicates: Vec::new(),
         });
     }
-    let root: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| {
+    // Duplicate keys are passed through to `Node`'s visitor, which reports them with the line
+    // of the first occurrence (the library's own message talks about its settings instead).
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+    };
+    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let pos = e
             .location()
             .map(Pos::from)
@@ -95,8 +104,13 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
         }
     })?;
     let mut positions = HashMap::new();
-    let value = flatten(root, None, String::new(), &mut positions);
-    Ok(Located { value, positions })
+    let mut duplicates = Vec::new();
+    let value = flatten(root, None, String::new(), &mut positions, &mut duplicates);
+    Ok(Located {
+        value,
+        positions,
+        duplicates,
+    })
 }
 
 /// serde-saphyr appends " at line L column C"; tilts prints the position itself.
@@ -113,6 +127,7 @@ fn flatten(
     key: Option<Pos>,
     pointer: String,
     out: &mut HashMap<String, NodePos>,
+    dups: &mut Vec<(String, Pos, u64)>,
 ) -> Value {
     let value_pos = Pos::from(node.referenced);
     let v = match node.value {
@@ -128,7 +143,7 @@ fn flatten(
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| flatten(item, None, format!("{pointer}/{i}"), out))
+                .map(|(i, item)| flatten(item, None, format!("{pointer}/{i}"), out, dups))
                 .collect(),
         ),
         Node::Map(entries) => {
@@ -136,7 +151,10 @@ fn flatten(
             for (k, v) in entries {
                 let kp = Pos::from(k.referenced);
                 let child = format!("{pointer}/{}", escape_pointer(&k.value));
-                let val = flatten(v, Some(kp), child, out);
+                if let Some(first) = out.get(&child).and_then(|n| n.key) {
+                    dups.push((k.value.clone(), kp, first.line));
+                }
+                let val = flatten(v, Some(kp), child, out, dups);
                 m.insert(k.value, val);
             }
             Value::Object(m)
@@ -222,13 +240,6 @@ impl<'de> Visitor<'de> for NodeVisitor {
         while let Some(key) = map.next_key::<Spanned<KeyString>>()? {
             let value = map.next_value::<Spanned<Node>>()?;
             let key = Spanned::new(key.value.0, key.referenced, key.defined);
-            if entries.iter().any(|(k, _)| k.value == key.value) {
-                return Err(de::Error::custom(format!(
-                    "duplicate key '{}' (line {}); each key may appear once in a mapping",
-                    key.value,
-                    key.referenced.line()
-                )));
-            }
             entries.push((key, value));
         }
         Ok(Node::Map(entries))
@@ -289,9 +300,11 @@ mod tests {
     fn syntax_errors_have_positions() {
         let err = parse("a: 1\nb: [1, 2\n").unwrap_err();
         assert!(err.pos.line >= 2, "{err:?}");
-        let dup = parse("a: 1\na: 2\n").unwrap_err();
-        assert!(dup.message.contains("duplicate"), "{}", dup.message);
-        assert_eq!(dup.pos.line, 2);
+        let dup = parse("a: 1\na: 2\n").unwrap();
+        assert_eq!(
+            dup.duplicates,
+            vec![("a".to_string(), Pos { line: 2, column: 1 }, 1)]
+        );
     }
 
     #[test]

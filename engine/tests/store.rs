@@ -1,0 +1,848 @@
+//! The message store's compliance suite: every case runs against SQLite (a temporary file) and
+//! PostgreSQL (its own schema in the database at `TILTS_TEST_DATABASE_URL`; skipped when that is
+//! unset, failing when it is set and the database cannot be reached).
+//!
+//! Time is passed explicitly (`now`), never slept.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use serde_json::json;
+use tilts_engine::store::{
+    Attempt, Idempotency, MessageFilter, MessageId, MessageState, NewMessage, Outcome, Payload,
+    Store, StoreError, StoreOptions,
+};
+
+/// Generates one test per case and backend: `sqlite::case` and `postgres::case`.
+macro_rules! compliance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+compliance!(
+    enqueue_claim_deliver,
+    retry_schedules_next_attempt,
+    dead_letter_keeps_attempts,
+    requeue_from_dead_letters,
+    requeue_matching_a_filter,
+    discard_with_reason,
+    idempotent_repeat_returns_same_id,
+    conflicting_repeat_is_conflict,
+    lease_expiry_lets_another_worker_claim,
+    ordering_key_holds_back_only_its_key,
+    concurrent_claimers_never_share_a_message,
+    purge_keeps_metadata,
+    listener_wakes_on_enqueue,
+    unknown_ids,
+);
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap()
+}
+
+fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
+}
+
+fn message(route: &str, body: serde_json::Value) -> NewMessage {
+    NewMessage::new(route, Payload::json(&body), t0())
+}
+
+fn attempt(started_at: DateTime<Utc>, outcome: Outcome) -> Attempt {
+    let failed = !matches!(outcome, Outcome::Delivered);
+    Attempt {
+        started_at,
+        duration: Duration::from_millis(120),
+        outcome,
+        error_class: failed.then(|| "status:503".to_owned()),
+        error_text: failed.then(|| "system 'registry' answered HTTP 503".to_owned()),
+        request: None,
+    }
+}
+
+async fn enqueue(store: &Store, msg: NewMessage) -> MessageId {
+    store.enqueue(msg).await.unwrap().id
+}
+
+async fn state(store: &Store, id: MessageId) -> MessageState {
+    store.get(id).await.unwrap().unwrap().meta.state
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases.
+
+async fn enqueue_claim_deliver(store: Store) {
+    let mut msg = message("applications", json!({"case": 1}));
+    msg.original = Some(Payload::new("application/xml", "<a>1</a>"));
+    msg.answer = Some(json!({"status": 202}));
+    let id = enqueue(&store, msg).await;
+    assert_eq!(store.counts().await.unwrap().pending, 1);
+
+    // Not due before its time.
+    assert!(
+        store
+            .claim("w1", 10, LEASE, t0() - secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim("w1", 10, LEASE, t0()).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(
+        (c.id, c.route_id.as_str(), c.attempt),
+        (id, "applications", 1)
+    );
+    assert_eq!(c.payload.to_json(), Some(json!({"case": 1})));
+    assert_eq!(c.lease_until, t0() + secs(30));
+    // Leased: nobody else gets it.
+    assert!(store.claim("w2", 10, LEASE, t0()).await.unwrap().is_empty());
+
+    let mut done = attempt(t0() + secs(1), Outcome::Delivered);
+    done.request = Some(Payload::new("application/json", r#"{"mapped":true}"#));
+    store.record_attempt(id, c.lease_token, done).await.unwrap();
+
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Delivered);
+    assert_eq!(view.meta.attempts, 1);
+    assert_eq!(view.meta.lease, None);
+    assert_eq!(
+        view.meta.finished_at,
+        Some(t0() + secs(1) + TimeDelta::milliseconds(120))
+    );
+    assert_eq!(
+        view.original,
+        Some(Payload::new("application/xml", "<a>1</a>"))
+    );
+    assert_eq!(
+        view.last_request,
+        Some(Payload::new("application/json", r#"{"mapped":true}"#))
+    );
+    assert_eq!(view.answer, Some(json!({"status": 202})));
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.attempts[0].worker_id, "w1");
+    assert_eq!(view.attempts[0].outcome, "delivered");
+    assert_eq!(view.attempts[0].duration, Duration::from_millis(120));
+
+    // Delivered is final: not claimed again, even after the lease would have expired.
+    assert!(
+        store
+            .claim("w1", 10, LEASE, t0() + secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.delivered), (0, 1));
+}
+
+async fn retry_schedules_next_attempt(store: Store) {
+    let id = enqueue(&store, message("r", json!({}))).await;
+    let c = store.claim("w1", 1, LEASE, t0()).await.unwrap().remove(0);
+    let next_at = t0() + secs(60);
+    store
+        .record_attempt(id, c.lease_token, attempt(t0(), Outcome::Retry { next_at }))
+        .await
+        .unwrap();
+
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Pending);
+    assert_eq!(view.meta.next_attempt_at, next_at);
+    assert_eq!(view.meta.last_error_class.as_deref(), Some("status:503"));
+    assert_eq!(view.attempts[0].retry_at, Some(next_at));
+
+    // Not before its time, although it holds no lease.
+    assert!(
+        store
+            .claim("w1", 1, LEASE, next_at - secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim("w2", 1, LEASE, next_at).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    store
+        .record_attempt(
+            id,
+            again[0].lease_token,
+            attempt(next_at, Outcome::Delivered),
+        )
+        .await
+        .unwrap();
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Delivered);
+    let outcomes: Vec<_> = view.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["retry", "delivered"]);
+    assert_eq!(view.attempts[1].number, 2);
+}
+
+async fn dead_letter_keeps_attempts(store: Store) {
+    let mut msg = message("r", json!({"x": 1}));
+    msg.original = Some(Payload::new("text/plain", "as received"));
+    let id = enqueue(&store, msg).await;
+    let mut now = t0();
+    for _ in 0..2 {
+        let c = store.claim("w", 1, LEASE, now).await.unwrap().remove(0);
+        let next_at = now + secs(10);
+        store
+            .record_attempt(id, c.lease_token, attempt(now, Outcome::Retry { next_at }))
+            .await
+            .unwrap();
+        now = next_at;
+    }
+    let c = store.claim("w", 1, LEASE, now).await.unwrap().remove(0);
+    let mut last = attempt(now, Outcome::DeadLetter);
+    last.error_text = Some("x".repeat(2000));
+    last.request = Some(Payload::new("application/json", "{\"last\":1}"));
+    store.record_attempt(id, c.lease_token, last).await.unwrap();
+
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Dead);
+    assert_eq!(view.attempts.len(), 3);
+    assert_eq!(view.attempts[2].outcome, "dead_letter");
+    // Error texts are cut short.
+    assert_eq!(
+        view.attempts[2]
+            .error_text
+            .as_ref()
+            .unwrap()
+            .chars()
+            .count(),
+        500
+    );
+    // The original, the payload and the last mapped request are kept for the operator.
+    assert_eq!(
+        view.original,
+        Some(Payload::new("text/plain", "as received"))
+    );
+    assert_eq!(view.payload.unwrap().to_json(), Some(json!({"x": 1})));
+    assert_eq!(
+        view.last_request,
+        Some(Payload::new("application/json", "{\"last\":1}"))
+    );
+
+    assert!(
+        store
+            .claim("w", 1, LEASE, now + secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dead = store.dead_letters(&MessageFilter::default()).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(store.counts().await.unwrap().dead, 1);
+}
+
+/// Enqueues a message for `route` and runs it straight into the dead letters at `t0`.
+async fn dead_letter(store: &Store, route: &str, class: &str) -> MessageId {
+    let id = enqueue(store, message(route, json!({}))).await;
+    let c = store.claim("w", 1, LEASE, t0()).await.unwrap().remove(0);
+    assert_eq!(c.id, id);
+    let mut a = attempt(t0(), Outcome::DeadLetter);
+    a.error_class = Some(class.to_owned());
+    store.record_attempt(id, c.lease_token, a).await.unwrap();
+    id
+}
+
+async fn requeue_from_dead_letters(store: Store) {
+    let id = dead_letter(&store, "r", "status:400").await;
+    // Only dead letters can be requeued.
+    let live = enqueue(&store, message("r", json!({}))).await;
+    assert!(matches!(
+        store.requeue(live, t0()).await,
+        Err(StoreError::InvalidState {
+            state: MessageState::Pending,
+            ..
+        })
+    ));
+
+    let later = t0() + secs(600);
+    store.requeue(id, later).await.unwrap();
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Pending);
+    assert_eq!(view.meta.finished_at, None);
+    assert!(
+        store
+            .dead_letters(&MessageFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Due at the requeue time, with a fresh attempt budget; attempts keep their numbers.
+    let claimed = store.claim("w", 10, LEASE, later).await.unwrap();
+    let c = claimed.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(c.attempt, 1);
+    store
+        .record_attempt(id, c.lease_token, attempt(later, Outcome::Delivered))
+        .await
+        .unwrap();
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Delivered);
+    assert_eq!(view.attempts.len(), 2);
+    assert_eq!(view.attempts[1].number, 2);
+    assert_eq!(view.meta.attempts_since_requeue, 1);
+}
+
+async fn requeue_matching_a_filter(store: Store) {
+    let a1 = dead_letter(&store, "a", "status:400").await;
+    let a2 = dead_letter(&store, "a", "mapping").await;
+    let b1 = dead_letter(&store, "b", "status:400").await;
+
+    let only_a = MessageFilter {
+        route_id: Some("a".into()),
+        ..Default::default()
+    };
+    let listed: Vec<_> = store
+        .dead_letters(&only_a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, [a1, a2]);
+    let paged = MessageFilter {
+        limit: Some(1),
+        ..only_a.clone()
+    };
+    let first = store.dead_letters(&paged).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let next = MessageFilter {
+        after: Some(first[0].seq),
+        ..paged
+    };
+    assert_eq!(store.dead_letters(&next).await.unwrap()[0].id, a2);
+
+    let filter = MessageFilter {
+        error_class: Some("status:400".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.requeue_matching(&filter, t0()).await.unwrap(), 2);
+    assert_eq!(state(&store, a1).await, MessageState::Pending);
+    assert_eq!(state(&store, b1).await, MessageState::Pending);
+    assert_eq!(state(&store, a2).await, MessageState::Dead);
+    assert_eq!(store.requeue_matching(&filter, t0()).await.unwrap(), 0);
+}
+
+async fn discard_with_reason(store: Store) {
+    let dead = dead_letter(&store, "r", "status:400").await;
+    store
+        .discard(dead, "duplicate application, confirmed by phone", t0())
+        .await
+        .unwrap();
+    let view = store.get(dead).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Discarded);
+    assert_eq!(
+        view.meta.discard_reason.as_deref(),
+        Some("duplicate application, confirmed by phone")
+    );
+    assert_eq!(view.attempts.len(), 1);
+
+    // A pending message can be discarded while a worker holds it; the worker then cannot record.
+    let id = enqueue(&store, message("r", json!({}))).await;
+    let c = store.claim("w", 1, LEASE, t0()).await.unwrap().remove(0);
+    store.discard(id, "withdrawn", t0()).await.unwrap();
+    assert!(matches!(
+        store.record_attempt(id, c.lease_token, attempt(t0(), Outcome::Delivered)).await,
+        Err(StoreError::LeaseLost(lost)) if lost == id
+    ));
+    assert!(
+        store
+            .claim("w", 1, LEASE, t0() + secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Final states cannot be discarded.
+    assert!(matches!(
+        store.discard(id, "again", t0()).await,
+        Err(StoreError::InvalidState {
+            state: MessageState::Discarded,
+            ..
+        })
+    ));
+    assert_eq!(store.counts().await.unwrap().discarded, 2);
+}
+
+fn keyed(key: &str, hash: &str, body: serde_json::Value) -> NewMessage {
+    let mut msg = message("applications", body);
+    msg.idempotency = Some(Idempotency {
+        key: key.into(),
+        request_hash: hash.into(),
+    });
+    msg.answer = Some(json!({"accepted": key}));
+    msg
+}
+
+async fn idempotent_repeat_returns_same_id(store: Store) {
+    let first = store
+        .enqueue(keyed("k-1", "h1", json!({"n": 1})))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let mut repeat = keyed("k-1", "h1", json!({"n": 1}));
+    repeat.answer = Some(json!({"other": true}));
+    let again = store.enqueue(repeat).await.unwrap();
+    assert_eq!(again.id, first.id);
+    assert!(again.duplicate);
+    // The first answer, not the repeat's.
+    assert_eq!(again.answer, Some(json!({"accepted": "k-1"})));
+    assert_eq!(store.counts().await.unwrap().pending, 1);
+
+    // Keys are per route, and a repeat after delivery still finds the first message.
+    let mut other_route = keyed("k-1", "h1", json!({"n": 1}));
+    other_route.route_id = "other".into();
+    assert_ne!(store.enqueue(other_route).await.unwrap().id, first.id);
+    let c = store.claim("w", 10, LEASE, t0()).await.unwrap();
+    for c in c {
+        store
+            .record_attempt(c.id, c.lease_token, attempt(t0(), Outcome::Delivered))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .enqueue(keyed("k-1", "h1", json!({"n": 1})))
+            .await
+            .unwrap()
+            .id,
+        first.id
+    );
+}
+
+async fn conflicting_repeat_is_conflict(store: Store) {
+    let first = store
+        .enqueue(keyed("k-2", "h1", json!({"n": 1})))
+        .await
+        .unwrap();
+    let err = store
+        .enqueue(keyed("k-2", "h2", json!({"n": 2})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { key, .. } if key == "k-2"),
+        "{err:?}"
+    );
+    assert!(!err.is_unavailable());
+    // The error text names the key but never the body.
+    assert!(!err.to_string().contains("\"n\""));
+    assert_eq!(store.counts().await.unwrap().pending, 1);
+    assert_eq!(state(&store, first.id).await, MessageState::Pending);
+}
+
+async fn lease_expiry_lets_another_worker_claim(store: Store) {
+    let id = enqueue(&store, message("r", json!({}))).await;
+    let old = store
+        .claim("crashed", 1, LEASE, t0())
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        store
+            .claim("w2", 1, LEASE, t0() + secs(29))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let new = store.claim("w2", 1, LEASE, t0() + secs(30)).await.unwrap();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].id, id);
+    assert_ne!(new[0].lease_token, old.lease_token);
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.lease.unwrap().owner, "w2");
+
+    // The old owner comes back: its token no longer counts.
+    let err = store
+        .record_attempt(
+            id,
+            old.lease_token,
+            attempt(t0() + secs(31), Outcome::DeadLetter),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LeaseLost(lost) if lost == id),
+        "{err:?}"
+    );
+    store
+        .record_attempt(
+            id,
+            new[0].lease_token,
+            attempt(t0() + secs(31), Outcome::Delivered),
+        )
+        .await
+        .unwrap();
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.meta.state, MessageState::Delivered);
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.attempts[0].worker_id, "w2");
+    // A token cannot be used twice.
+    assert!(matches!(
+        store
+            .record_attempt(id, new[0].lease_token, attempt(t0(), Outcome::Delivered))
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+}
+
+async fn ordering_key_holds_back_only_its_key(store: Store) {
+    let with_key = |key: &str, n: u32| {
+        let mut msg = message("cases", json!({"key": key, "n": n}));
+        msg.ordering_key = Some(key.into());
+        msg
+    };
+    let k1_1 = enqueue(&store, with_key("k1", 1)).await;
+    let k1_2 = enqueue(&store, with_key("k1", 2)).await;
+    let k2_1 = enqueue(&store, with_key("k2", 1)).await;
+    // The same key on another route is another sequence.
+    let mut elsewhere = with_key("k1", 1);
+    elsewhere.route_id = "other".into();
+    let other = enqueue(&store, elsewhere).await;
+
+    let claimed = store.claim("w", 10, LEASE, t0()).await.unwrap();
+    let ids: HashSet<_> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(ids, HashSet::from([k1_1, k2_1, other]));
+    let token = |id| claimed.iter().find(|c| c.id == id).unwrap().lease_token;
+
+    // k1#1 fails and waits for a retry: k1#2 stays blocked, k2 goes on.
+    let retry_at = t0() + secs(60);
+    store
+        .record_attempt(
+            k1_1,
+            token(k1_1),
+            attempt(t0(), Outcome::Retry { next_at: retry_at }),
+        )
+        .await
+        .unwrap();
+    store
+        .record_attempt(k2_1, token(k2_1), attempt(t0(), Outcome::Delivered))
+        .await
+        .unwrap();
+    store
+        .record_attempt(other, token(other), attempt(t0(), Outcome::Delivered))
+        .await
+        .unwrap();
+    let k2_2 = enqueue(&store, with_key("k2", 2)).await;
+    let claimed = store.claim("w", 10, LEASE, t0() + secs(1)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [k2_2]);
+    store
+        .record_attempt(
+            k2_2,
+            claimed[0].lease_token,
+            attempt(t0(), Outcome::Delivered),
+        )
+        .await
+        .unwrap();
+    // Even after a lease of k1#1 would have expired.
+    assert!(
+        store
+            .claim("w", 10, LEASE, retry_at - secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The retry is due: k1#1 again, still not k1#2.
+    let claimed = store.claim("w", 10, LEASE, retry_at).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [k1_1]);
+    store
+        .record_attempt(
+            k1_1,
+            claimed[0].lease_token,
+            attempt(retry_at, Outcome::Delivered),
+        )
+        .await
+        .unwrap();
+    let claimed = store.claim("w", 10, LEASE, retry_at).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [k1_2]);
+
+    // A dead letter holds back its key until it is requeued or discarded.
+    store
+        .record_attempt(
+            k1_2,
+            claimed[0].lease_token,
+            attempt(retry_at, Outcome::DeadLetter),
+        )
+        .await
+        .unwrap();
+    let k1_3 = enqueue(&store, with_key("k1", 3)).await;
+    assert!(
+        store
+            .claim("w", 10, LEASE, retry_at + secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.discard(k1_2, "superseded", retry_at).await.unwrap();
+    let claimed = store
+        .claim("w", 10, LEASE, retry_at + secs(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [k1_3]);
+}
+
+async fn concurrent_claimers_never_share_a_message(store: Store) {
+    const N: usize = 500;
+    let mut enqueued = HashSet::new();
+    for i in 0..N {
+        let mut msg = message("bulk", json!({"i": i}));
+        // Some keyed messages too, so the ordering rule runs under contention.
+        if i % 5 == 0 {
+            msg.ordering_key = Some(format!("key-{}", i % 3));
+        }
+        enqueued.insert(enqueue(&store, msg).await);
+    }
+    let worker = |name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut delivered = Vec::new();
+            let mut idle = 0;
+            // Keyed messages only become claimable once their predecessor is delivered, so a
+            // worker stops after seeing nothing to claim several times in a row, not once.
+            while idle < 50 {
+                let claimed = store.claim(name, 7, LEASE, t0()).await.unwrap();
+                if claimed.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                for c in claimed {
+                    store
+                        .record_attempt(c.id, c.lease_token, attempt(t0(), Outcome::Delivered))
+                        .await
+                        .unwrap();
+                    delivered.push(c.id);
+                }
+            }
+            delivered
+        })
+    };
+    let (a, b) = (worker("a"), worker("b"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let all: Vec<_> = a.iter().chain(&b).copied().collect();
+    let distinct: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(all.len(), distinct.len(), "a message was delivered twice");
+    assert_eq!(distinct, enqueued, "a message was never delivered");
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.delivered), (0, N as u64));
+    for id in &all {
+        assert_eq!(store.get(*id).await.unwrap().unwrap().attempts.len(), 1);
+    }
+}
+
+async fn purge_keeps_metadata(store: Store) {
+    let mut msg = message("r", json!({"personal": "data"}));
+    msg.original = Some(Payload::new("text/plain", "personal data"));
+    msg.answer = Some(json!({"ok": true}));
+    let old = enqueue(&store, msg).await;
+    let recent = enqueue(&store, message("r", json!({}))).await;
+    let dead = enqueue(&store, message("r", json!({}))).await;
+    let pending = enqueue(&store, message("r", json!({}))).await;
+    for c in store.claim("w", 3, LEASE, t0()).await.unwrap() {
+        let (at, outcome) = match c.id {
+            id if id == old => (t0(), Outcome::Delivered),
+            id if id == recent => (t0() + secs(3600), Outcome::Delivered),
+            _ => (t0(), Outcome::DeadLetter),
+        };
+        let mut a = attempt(at, outcome);
+        a.request = Some(Payload::new("application/json", "{}"));
+        store.record_attempt(c.id, c.lease_token, a).await.unwrap();
+    }
+
+    let purged = store
+        .purge_payloads(t0() + secs(60), t0() + secs(7200))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let view = store.get(old).await.unwrap().unwrap();
+    assert_eq!(
+        (view.payload, view.original, view.last_request, view.answer),
+        (None, None, None, None)
+    );
+    assert_eq!(view.meta.state, MessageState::Delivered);
+    assert_eq!(view.meta.purged_at, Some(t0() + secs(7200)));
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(view.meta.route_id, "r");
+    // Recently delivered, dead and pending messages keep their bodies.
+    for id in [recent, dead, pending] {
+        let view = store.get(id).await.unwrap().unwrap();
+        assert!(view.payload.is_some(), "{:?}", view.meta.state);
+    }
+    // Idempotent: nothing left to purge.
+    assert_eq!(
+        store.purge_payloads(t0() + secs(60), t0()).await.unwrap(),
+        0
+    );
+    assert_eq!(store.counts().await.unwrap().delivered, 2);
+}
+
+async fn listener_wakes_on_enqueue(store: Store) {
+    let mut listener = store.listen().await.unwrap();
+    let waiting = tokio::spawn(async move { listener.wait().await });
+    enqueue(&store, message("r", json!({}))).await;
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("no wake-up within 10 s")
+        .unwrap()
+        .unwrap();
+}
+
+async fn unknown_ids(store: Store) {
+    let id: MessageId = "0190f0e4-0000-7000-8000-000000000000".parse().unwrap();
+    assert!(store.get(id).await.unwrap().is_none());
+    assert!(matches!(
+        store.requeue(id, t0()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.discard(id, "x", t0()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let token = {
+        enqueue(&store, message("r", json!({}))).await;
+        store
+            .claim("w", 1, LEASE, t0())
+            .await
+            .unwrap()
+            .remove(0)
+            .lease_token
+    };
+    assert!(matches!(
+        store
+            .record_attempt(id, token, attempt(t0(), Outcome::Delivered))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend-specific behaviour.
+
+#[tokio::test]
+async fn sqlite_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tilts.db").display());
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    let id = enqueue(&store, message("r", json!({"kept": true}))).await;
+    store.close().await;
+    // A plain path works too, and migrations already applied are skipped.
+    let store = Store::open(dir.path().join("tilts.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let view = store.get(id).await.unwrap().unwrap();
+    assert_eq!(view.payload.unwrap().to_json(), Some(json!({"kept": true})));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    let options = StoreOptions {
+        acquire_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    // Port 9 (discard) is closed on test machines.
+    let err = Store::open_with("postgres://postgres@127.0.0.1:9/tilts", &options)
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_rejected() {
+    let err = Store::open("mysql://localhost/x").await.unwrap_err();
+    assert!(matches!(err, StoreError::BadUrl(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+
+/// Runs `case` on a store in a fresh SQLite file.
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("store.db").display()
+    ))
+    .await
+    .unwrap();
+    case(store.clone()).await;
+    store.close().await;
+}
+
+/// Runs `case` on a store in a schema of its own in `TILTS_TEST_DATABASE_URL`, and drops the
+/// schema afterwards, also when the case fails.
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(url) = std::env::var("TILTS_TEST_DATABASE_URL") else {
+        eprintln!("skipped: TILTS_TEST_DATABASE_URL is not set");
+        return;
+    };
+    use sqlx::Executor;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("TILTS_TEST_DATABASE_URL is set but the database is unreachable: {e}")
+        });
+    let schema = format!("tilts_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store_url = format!("{url}{sep}options[search_path]={schema}");
+    let store = Store::open(&store_url).await;
+    let outcome = match store {
+        Ok(store) => {
+            let run = tokio::spawn(case(store.clone())).await;
+            store.close().await;
+            run.map_err(|e| e.into_panic())
+        }
+        Err(e) => {
+            Err(Box::new(format!("cannot open the store: {e}")) as Box<dyn std::any::Any + Send>)
+        }
+    };
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
+    admin.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
