@@ -576,7 +576,7 @@ async fn unknown_route_malformed_json_and_health_endpoints() {
     assert_eq!(a.json()["status"], "ok");
     let a = get(&c, &tilts.url("/readyz")).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(a.json(), json!({"status": "ready", "routes": 3}));
+    assert_eq!(a.json(), json!({"status": "ready", "routes": 4}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -672,6 +672,63 @@ impl Checker {
         if cfg.to.is_some() && to.is_none() {
             ok = false;
         }
+        let queued = cfg.delivery == types::Delivery::Queued;
+        if queued {
+            if cfg.to.is_none() {
+                ok = false;
+                self.push(
+                    &format!("{ptr}/delivery"),
+                    "a queued route needs a destination",
+                    Some(
+                        "add `to: { system: ..., path: ... }`: workers deliver the message there"
+                            .into(),
+                    ),
+                );
+            }
+            ok &= self.check_queued_steps(&format!("{ptr}/steps"), &cfg.steps);
+        } else {
+            for key in ["ordering_key", "retry", "concurrency"] {
+                if !self
+                    .located
+                    .value
+                    .pointer(&format!("{ptr}/{key}"))
+                    .is_none_or(Value::is_null)
+                {
+                    ok = false;
+                    self.push_key(
+                        &format!("{ptr}/{key}"),
+                        format!("`{key}` applies to queued routes only"),
+                        Some("add `delivery: queued`, or remove it".into()),
+                    );
+                }
+            }
+        }
+        let ordering_key = cfg.ordering_key.as_ref().and_then(|k| {
+            let t = self.inline(
+                &format!("{ptr}/ordering_key"),
+                Format::Text,
+                &format!("{}/ordering_key", cfg.id),
+                k,
+            );
+            if t.is_none() {
+                ok = false;
+            }
+            t
+        });
+        let retry = cfg
+            .retry
+            .as_ref()
+            .map(|r| self.check_retry(&format!("{ptr}/retry"), r))
+            .unwrap_or_default();
+        let concurrency = cfg.concurrency.unwrap_or(8);
+        if concurrency == 0 {
+            ok = false;
+            self.push(
+                &format!("{ptr}/concurrency"),
+                "concurrency must be at least 1",
+                None,
+            );
+        }
         let steps = steps?;
         ok.then(|| plan::Route {
             id: cfg.id.clone(),
@@ -681,7 +738,82 @@ impl Checker {
             path: src.path.clone(),
             steps,
             to,
+            delivery: cfg.delivery,
+            ordering_key,
+            retry,
+            concurrency: concurrency as usize,
         })
+    }
+
+    /// A queued route's steps run when the message comes in, before it is stored: they may
+    /// validate, map and choose, but not call systems or answer (the answer is 202).
+    fn check_queued_steps(&mut self, ptr: &str, steps: &[types::Step]) -> bool {
+        let mut ok = true;
+        for (i, step) in steps.iter().enumerate() {
+            let sp = format!("{ptr}/{i}/{}", step.kind());
+            match step {
+                types::Step::Call(_) | types::Step::Respond(_) => {
+                    ok = false;
+                    self.push_key(
+                        &sp,
+                        format!("a queued route cannot `{}`: its steps run before the message is stored, and the caller gets 202", step.kind()),
+                        Some("deliver with `to:`; use a sync route for request/response".into()),
+                    );
+                }
+                types::Step::Choice(branches) => {
+                    for (j, b) in branches.iter().enumerate() {
+                        let bp = format!("{sp}/{j}");
+                        if b.respond.is_some() {
+                            ok = false;
+                            self.push_key(
+                                &format!("{bp}/respond"),
+                                "a queued route cannot `respond`",
+                                Some("use `steps:` with `map` in the branch".into()),
+                            );
+                        }
+                        ok &= self.check_queued_steps(&format!("{bp}/steps"), &b.steps);
+                        if let Some(o) = &b.otherwise {
+                            ok &= self.check_queued_steps(&format!("{bp}/otherwise"), o);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        ok
+    }
+
+    fn check_retry(&mut self, ptr: &str, r: &types::RetryConfig) -> crate::retry::RetryPolicy {
+        let p = crate::retry::RetryPolicy::from_config(r);
+        if p.max_attempts == 0 {
+            self.push(
+                &format!("{ptr}/max_attempts"),
+                "max_attempts counts the first attempt too: at least 1",
+                None,
+            );
+        }
+        if !(1.0..=10.0).contains(&p.multiplier) {
+            self.push(
+                &format!("{ptr}/multiplier"),
+                "multiplier must be from 1 to 10",
+                Some("2 doubles the delay after each attempt".into()),
+            );
+        }
+        if p.initial.is_zero() {
+            self.push(
+                &format!("{ptr}/initial"),
+                "initial must be more than 0",
+                None,
+            );
+        }
+        if p.max_delay < p.initial {
+            self.push(
+                &format!("{ptr}/max_delay"),
+                "max_delay is shorter than initial",
+                None,
+            );
+        }
+        p
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -66,9 +66,14 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve(Arc::new(plan), listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(crate::server::serve(
+        Arc::new(plan),
+        None,
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let base = format!("http://{addr}");
 
     println!(

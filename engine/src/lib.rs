@@ -16,6 +16,7 @@
 //!
 //! The adapter contract and the adapters live in `tilts-adapters`; this crate depends on it.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -25,7 +26,10 @@ pub mod logging;
 pub mod mapping;
 pub mod plan;
 pub mod problem;
+pub mod retry;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod service;
 pub mod store;
+pub mod worker;

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tilts_engine::logging::{self, LogFormat};
-use tilts_engine::{check, demo, server};
+use tilts_engine::{check, demo, server, service};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +43,15 @@ enum Command {
         /// Listen address, overriding `server.listen` (port 0 picks a free port).
         #[arg(long, env = "TILTS_LISTEN")]
         listen: Option<String>,
+        /// Admin API address, overriding `server.admin_listen`.
+        #[arg(long, env = "TILTS_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// Store URL (`sqlite://file.db` or `postgres://...`), overriding `server.database`.
+        #[arg(long, env = "TILTS_DATABASE_URL")]
+        database: Option<String>,
+        /// Run no delivery workers in this process (ingress only).
+        #[arg(long)]
+        no_workers: bool,
     },
     /// Print the JSON Schema of the route file (for editors: yaml-language-server).
     Schema,
@@ -104,7 +112,13 @@ async fn run(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            database,
+            no_workers,
+        } => {
             logging::init(cli.log_format);
             let plan = match check::load(&config) {
                 Ok(p) => p,
@@ -117,31 +131,32 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let addr = listen.unwrap_or_else(|| plan.settings.listen.clone());
-            let listener = match tokio::net::TcpListener::bind(&addr).await {
-                Ok(l) => l,
+            let routes = plan.routes.len();
+            let opts = service::StartOptions {
+                listen,
+                admin_listen,
+                database,
+                workers: None,
+                no_workers,
+            };
+            let running = match service::start(plan, opts).await {
+                Ok(r) => r,
                 Err(e) => {
-                    eprintln!("error: cannot listen on {addr}: {e}");
+                    eprintln!("error: {e:#}");
                     return ExitCode::FAILURE;
                 }
             };
-            let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-            tracing::info!(
-                routes = plan.routes.len(),
-                "tilts listening on http://{local}"
-            );
+            tracing::info!(routes, "tilts listening on http://{}", running.addr);
             // Printed on stdout for scripts and tests that start tilts on port 0.
-            println!("listening on http://{local}");
-            match server::serve(Arc::new(plan), listener, server::shutdown_signal()).await {
-                Ok(()) => {
-                    tracing::info!("stopped");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: server failed: {e}");
-                    ExitCode::FAILURE
-                }
+            println!("listening on http://{}", running.addr);
+            if let Some(a) = running.admin_addr {
+                println!("admin API on http://{a}");
             }
+            server::shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing in-flight requests and deliveries");
+            running.stop().await;
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
         }
         Command::Demo {
             config,

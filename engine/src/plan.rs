@@ -10,9 +10,10 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use tilts_adapters::http::HttpSystem;
 
-use crate::config::types::{ServerSettings, StatusPattern};
+use crate::config::types::{Delivery, ServerSettings, StatusPattern};
 use crate::expr::Expr;
 use crate::mapping::{Mappings, TemplateRef};
+use crate::retry::RetryPolicy;
 use crate::schema::Schema;
 
 /// A checked, compiled route file.
@@ -35,6 +36,13 @@ pub struct Route {
     pub path: String,
     pub steps: Vec<Step>,
     pub to: Option<Call>,
+    pub delivery: Delivery,
+    /// Queued routes: template of the ordering key.
+    pub ordering_key: Option<TemplateRef>,
+    /// Queued routes: retry policy of deliveries.
+    pub retry: RetryPolicy,
+    /// Queued routes: most deliveries at once per process.
+    pub concurrency: usize,
 }
 
 /// A compiled step. `label` is the step's place for errors and logs, e.g. `steps[2].call`.
@@ -92,4 +100,16 @@ pub struct Respond {
     pub status: u16,
     pub body: Option<TemplateRef>,
     pub headers: Vec<(HeaderName, TemplateRef)>,
+}
+
+impl Plan {
+    /// The route with this id.
+    pub fn route(&self, id: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.id == id)
+    }
+
+    /// Whether any route is queued (and so needs the store and workers).
+    pub fn has_queued_routes(&self) -> bool {
+        self.routes.iter().any(|r| r.delivery == Delivery::Queued)
+    }
 }

@@ -67,18 +67,7 @@ enum Flow {
 
 /// Runs `route` for one request.
 pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, RouteError> {
-    let mut headers = input.headers;
-    headers.retain(|k, _| !HIDDEN_HEADERS.contains(&k.as_str()));
-    let data = json!({
-        "payload": input.body.clone(),
-        "body": input.body,
-        "headers": headers,
-        "query": input.query,
-        "params": input.params,
-        "route": {"id": route.id, "owner": route.owner},
-        "message": {"id": input.message_id},
-    });
-    let mut ctx = Context::from(data);
+    let mut ctx = new_context(route, input.clone());
     let mut ex = Exchange {
         plan,
         route,
@@ -104,6 +93,20 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
         }
         None => Ok(json_reply(200, &ctx.data()["payload"])),
     }
+}
+
+fn new_context(route: &Route, input: Input) -> Context {
+    let mut headers = input.headers;
+    headers.retain(|k, _| !HIDDEN_HEADERS.contains(&k.as_str()));
+    Context::from(json!({
+        "payload": input.body.clone(),
+        "body": input.body,
+        "headers": headers,
+        "query": input.query,
+        "params": input.params,
+        "route": {"id": route.id, "owner": route.owner},
+        "message": {"id": input.message_id},
+    }))
 }
 
 fn json_reply(status: u16, v: &Value) -> Reply {
@@ -277,6 +280,21 @@ impl<'a> Exchange<'a> {
         label: &str,
         ctx: &Context,
     ) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
+        let mut req = self.render_request(call, label, ctx)?;
+        if let Ok(id) = HeaderValue::from_str(self.message_id) {
+            req.headers
+                .push((HeaderName::from_static("x-tilts-message-id"), id));
+        }
+        send(call, &self.route.id, label, req).await
+    }
+
+    /// Renders a call's request (path, headers, body) from the exchange.
+    fn render_request(
+        &self,
+        call: &Call,
+        label: &str,
+        ctx: &Context,
+    ) -> Result<HttpRequest, RouteError> {
         let path =
             match &call.path {
                 Some(t) => self.plan.mappings.render_string(t, ctx).map_err(|error| {
@@ -305,45 +323,172 @@ impl<'a> Exchange<'a> {
                 ))
             }
         };
-        if let Ok(id) = HeaderValue::from_str(self.message_id) {
-            headers.push((HeaderName::from_static("x-tilts-message-id"), id));
-        }
         if let Ok(r) = HeaderValue::from_str(&self.route.id) {
             headers.push((HeaderName::from_static("x-tilts-route"), r));
         }
-        let started = Instant::now();
-        let result = call
-            .system
-            .send(HttpRequest {
-                method: call.method.clone(),
-                path,
-                headers,
-                body,
-                timeout: call.timeout,
-            })
-            .await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(resp) if call.accept.iter().any(|a| a.matches(resp.status)) => {
-                tracing::debug!(route = %self.route.id, step = label, system = call.system.name(), status = resp.status, elapsed_ms, "call answered");
-                Ok(resp)
-            }
-            Ok(resp) => {
-                let error = resp.into_status_error(call.system.name());
-                tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call not accepted");
-                Err(RouteError::Upstream {
-                    label: label.to_string(),
-                    error,
-                })
-            }
-            Err(error) => {
-                tracing::warn!(route = %self.route.id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call failed");
-                Err(RouteError::Upstream {
-                    label: label.to_string(),
-                    error,
-                })
-            }
+        Ok(HttpRequest {
+            method: call.method.clone(),
+            path,
+            headers,
+            body,
+            timeout: call.timeout,
+        })
+    }
+}
+
+/// Sends a rendered request and applies the call's `accept` list.
+async fn send(
+    call: &Call,
+    route_id: &str,
+    label: &str,
+    req: HttpRequest,
+) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
+    let started = Instant::now();
+    let result = call.system.send(req).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(resp) if call.accept.iter().any(|a| a.matches(resp.status)) => {
+            tracing::debug!(route = %route_id, step = label, system = call.system.name(), status = resp.status, elapsed_ms, "call answered");
+            Ok(resp)
         }
+        Ok(resp) => {
+            let error = resp.into_status_error(call.system.name());
+            tracing::warn!(route = %route_id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call not accepted");
+            Err(RouteError::Upstream {
+                label: label.to_string(),
+                error,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(route = %route_id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call failed");
+            Err(RouteError::Upstream {
+                label: label.to_string(),
+                error,
+            })
+        }
+    }
+}
+
+/// A queued message: the destination request rendered when the message came in, so workers
+/// send exactly what was accepted (and dead letters show it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// The body as text (templates produce text); absent for GET/DELETE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// What a queued route's ingress produces.
+#[derive(Debug)]
+pub struct Prepared {
+    pub request: StoredRequest,
+    pub ordering_key: Option<String>,
+}
+
+/// Runs a queued route's steps (validate, map, choice) and renders its destination request.
+pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepared, RouteError> {
+    let mut ctx = new_context(route, input.clone());
+    let mut ex = Exchange {
+        plan,
+        route,
+        message_id: &input.message_id,
+    };
+    if let Flow::Replied(_) = ex.steps(&route.steps, &mut ctx).await? {
+        // The checker forbids `respond` in queued routes; reaching this is a bug, not bad input.
+        return Err(RouteError::Mapping {
+            label: "steps".into(),
+            error: MappingError {
+                message: "a queued route answered before it was stored".into(),
+            },
+        });
+    }
+    let to = route.to.as_ref().ok_or_else(|| RouteError::Mapping {
+        label: "to".into(),
+        error: MappingError {
+            message: "a queued route has no destination".into(),
+        },
+    })?;
+    let req = ex.render_request(to, "to", &ctx)?;
+    let ordering_key = match &route.ordering_key {
+        Some(t) => {
+            Some(
+                plan.mappings
+                    .render_string(t, &ctx)
+                    .map_err(|error| RouteError::Mapping {
+                        label: "ordering_key".into(),
+                        error,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let request = StoredRequest {
+        method: req.method.to_string(),
+        path: req.path,
+        headers: req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+    };
+    Ok(Prepared {
+        request,
+        ordering_key,
+    })
+}
+
+/// Delivers a stored request to a queued route's destination (one attempt).
+pub async fn deliver(
+    route: &Route,
+    request: &StoredRequest,
+    message_id: &str,
+) -> Result<tilts_adapters::http::HttpResponse, DeliveryError> {
+    use tilts_adapters::contract::FailureKind;
+    let Some(to) = &route.to else {
+        return Err(DeliveryError {
+            system: String::new(),
+            kind: FailureKind::Request,
+            retry_after: None,
+            detail: "the route has no destination".into(),
+        });
+    };
+    let bad = |what: &str| DeliveryError {
+        system: to.system.name().to_string(),
+        kind: FailureKind::Request,
+        retry_after: None,
+        detail: format!("stored request has an invalid {what}"),
+    };
+    let method: Method = request.method.parse().map_err(|_| bad("method"))?;
+    let mut headers = Vec::with_capacity(request.headers.len() + 1);
+    for (k, v) in &request.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("header name"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| bad("header value"))?;
+        headers.push((name, value));
+    }
+    // Stable across attempts, so receivers can deduplicate.
+    if let Ok(id) = HeaderValue::from_str(message_id) {
+        headers.push((HeaderName::from_static("x-tilts-message-id"), id));
+    }
+    let req = HttpRequest {
+        method,
+        path: request.path.clone(),
+        headers,
+        body: request.body.clone().map(Bytes::from),
+        timeout: to.timeout,
+    };
+    match send(to, &route.id, "to", req).await {
+        Ok(resp) => Ok(resp),
+        Err(RouteError::Upstream { error, .. }) => Err(error),
+        Err(other) => Err(DeliveryError {
+            system: to.system.name().to_string(),
+            kind: FailureKind::Request,
+            retry_after: None,
+            detail: other.to_string(),
+        }),
     }
 }
 

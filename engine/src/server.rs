@@ -19,21 +19,26 @@ use axum::routing::{MethodFilter, get, on};
 use serde_json::{Map, Value};
 use tilts_adapters::contract::FailureKind;
 
+use crate::config::types::Delivery;
 use crate::plan::{Plan, Route};
 use crate::problem::Problem;
 use crate::runtime::{self, Input, RouteError};
+use crate::store::{Idempotency, NewMessage, Payload as StorePayload, Store, StoreError};
 
 /// Shared by every request.
 pub struct AppState {
     pub plan: Arc<Plan>,
+    /// The durable store; `Some` whenever a route is queued.
+    pub store: Option<Store>,
     /// False once shutdown has begun: `/readyz` answers 503 so load balancers stop sending.
     pub ready: AtomicBool,
 }
 
 /// Builds the router for a plan.
-pub fn app(plan: Arc<Plan>) -> (Router, Arc<AppState>) {
+pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
     let state = Arc::new(AppState {
         plan: plan.clone(),
+        store,
         ready: AtomicBool::new(true),
     });
     let mut router = Router::new();
@@ -156,6 +161,10 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             ))
         })
         .collect();
+    let idempotency_key = parts
+        .headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string));
     let input = Input {
         message_id: message_id.clone(),
         body,
@@ -163,6 +172,26 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
         query,
         params,
     };
+    if route.delivery == Delivery::Queued {
+        let resp = match idempotency_key {
+            Some(Err(_)) => Problem::new(
+                400,
+                "bad-idempotency-key",
+                "Invalid Idempotency-Key",
+                "the Idempotency-Key header must be visible ASCII",
+            )
+            .into_response(),
+            Some(Ok(k)) if k.is_empty() || k.len() > 255 => Problem::new(
+                400,
+                "bad-idempotency-key",
+                "Invalid Idempotency-Key",
+                "the Idempotency-Key header must be 1 to 255 characters",
+            )
+            .into_response(),
+            key => accept_queued(&state, &route, input, key.and_then(Result::ok), &bytes).await,
+        };
+        return finish(&route, &message_id, started, resp);
+    }
     let outcome = tokio::time::timeout(
         plan.settings.route_timeout.0,
         runtime::run(plan, &route, input),
@@ -204,7 +233,104 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
     finish(&route, &message_id, started, resp)
 }
 
+/// A queued route's ingress: run the steps, store the rendered request, answer 202 only after
+/// the commit. Never 202 when the store is down: 503 with `Retry-After` instead.
+async fn accept_queued(
+    state: &AppState,
+    route: &Route,
+    input: Input,
+    idempotency_key: Option<String>,
+    raw_body: &[u8],
+) -> Response {
+    let received_id = input.message_id.clone();
+    let Some(store) = &state.store else {
+        return Problem::new(
+            503,
+            "store-unavailable",
+            "Queued delivery is not available",
+            "this tilts runs without a store",
+        )
+        .with_route(&route.id, &received_id)
+        .into_response();
+    };
+    let prepared = match tokio::time::timeout(
+        state.plan.settings.route_timeout.0,
+        runtime::prepare(&state.plan, route, input),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            return problem_for(&e)
+                .with_route(&route.id, &received_id)
+                .into_response();
+        }
+        Err(_) => {
+            return Problem::new(
+                504,
+                "route-timeout",
+                "The route took too long",
+                "the route did not finish within its time limit",
+            )
+            .with_route(&route.id, &received_id)
+            .into_response();
+        }
+    };
+    let payload = StorePayload::json(&serde_json::to_value(&prepared.request).unwrap_or_default());
+    let mut msg = NewMessage::new(route.id.clone(), payload.clone(), chrono::Utc::now());
+    msg.ordering_key = prepared.ordering_key;
+    msg.original = Some(StorePayload::new("application/json", raw_body.to_vec()));
+    msg.last_request = Some(payload);
+    msg.idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        request_hash: request_hash(raw_body),
+    });
+    match store.enqueue(msg).await {
+        Ok(enq) => {
+            let id = enq.id.to_string();
+            let body = serde_json::json!({"messageId": id, "status": "accepted", "route": route.id});
+            let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("x-tilts-message-id", v);
+            }
+            if enq.duplicate {
+                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            resp
+        }
+        Err(StoreError::Conflict { .. }) => Problem::new(
+            422,
+            "idempotency-conflict",
+            "Idempotency-Key reused with a different body",
+            "this Idempotency-Key was first used with another request body; use a new key for a new request",
+        )
+        .with_route(&route.id, &received_id)
+        .into_response(),
+        Err(e) => {
+            tracing::error!(route = %route.id, error = %e, unavailable = e.is_unavailable(), "cannot store a message");
+            let mut p = Problem::new(503, "store-unavailable", "tilts cannot store the message now", "the message was not accepted; send it again later");
+            p.retry_after = Some(5);
+            p.with_route(&route.id, &received_id).into_response()
+        }
+    }
+}
+
+/// SHA-256 of the request body, hex: the fingerprint an Idempotency-Key is bound to.
+fn request_hash(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn finish(route: &Route, message_id: &str, started: Instant, resp: Response) -> Response {
+    // A queued message is known by its store id from here on.
+    let message_id = resp
+        .headers()
+        .get("x-tilts-message-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(message_id);
     tracing::info!(
         route = %route.id,
         message_id,
@@ -339,11 +465,12 @@ fn percent_decode(s: &str) -> String {
 /// finish for up to `grace`, and returns.
 pub async fn serve(
     plan: Arc<Plan>,
+    store: Option<Store>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace: Duration = plan.settings.shutdown_grace.0;
-    let (router, state) = app(plan);
+    let (router, state) = app(plan, store);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let st = state.clone();
     tokio::spawn(async move {

@@ -93,12 +93,17 @@ pub struct Tilts {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    /// The process's store folder, removed when the test ends.
+    _data: tempfile::TempDir,
 }
 
 impl Tilts {
     /// Starts `tilts serve --config <config> --listen 127.0.0.1:0` against the simulators, with
     /// `TILTS_LOG=<log>`, and waits until it prints the line with its address.
     pub async fn start(config: &Path, sims: &Simulators, log: &str) -> Tilts {
+        // Each process gets its own store and admin port, so tests can run side by side.
+        let data = tempfile::tempdir().expect("tempdir for the store");
+        let database = format!("sqlite://{}/tilts.db", data.path().display());
         let mut child = Command::new(env!("CARGO_BIN_EXE_tilts"))
             .current_dir(repo_root())
             .arg("serve")
@@ -106,6 +111,12 @@ impl Tilts {
             .arg(config)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .arg("--database")
+            .arg(&database)
+            .env_remove("TILTS_DATABASE_URL")
+            .env_remove("TILTS_ADMIN_LISTEN")
             .env_remove("TILTS_LISTEN")
             .env_remove("TILTS_CONFIG")
             .env_remove("TILTS_LOG_FORMAT")
@@ -149,6 +160,7 @@ impl Tilts {
             stderr,
             stderr_reader: Some(stderr_reader),
             exit: None,
+            _data: data,
         };
         let deadline = Instant::now() + START_DEADLINE;
         loop {

@@ -49,6 +49,23 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after SIGTERM. Default `30s`.
     #[serde(default = "default_route_timeout")]
     pub shutdown_grace: Dur,
+    /// Where tilts keeps queued messages: `sqlite://path/to/file.db` (the embedded default,
+    /// `sqlite://tilts-data/tilts.db`, relative to the working directory) or
+    /// `postgres://user@host/db` (production; several tilts processes share its work).
+    /// `--database` and `TILTS_DATABASE_URL` override it.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Address of the admin API (messages, dead letters). Default `127.0.0.1:8081`; keep it
+    /// on a private interface.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Deliveries running at once in this process, over all queued routes. Default `32`.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    /// How long a delivered message's payload is kept before it is purged (its metadata stays
+    /// for reports). Default `7d`.
+    #[serde(default = "default_retention")]
+    pub retention: Dur,
 }
 
 impl Default for ServerSettings {
@@ -59,6 +76,10 @@ impl Default for ServerSettings {
             mappings: default_mappings(),
             route_timeout: default_route_timeout(),
             shutdown_grace: default_route_timeout(),
+            database: default_database(),
+            admin_listen: default_admin_listen(),
+            workers: default_workers(),
+            retention: default_retention(),
         }
     }
 }
@@ -74,6 +95,20 @@ fn default_mappings() -> String {
 }
 fn default_route_timeout() -> Dur {
     Dur(Duration::from_secs(30))
+}
+/// The embedded default store.
+pub const DEFAULT_DATABASE: &str = "sqlite://tilts-data/tilts.db";
+fn default_database() -> String {
+    DEFAULT_DATABASE.into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+fn default_workers() -> u32 {
+    32
+}
+fn default_retention() -> Dur {
+    Dur(Duration::from_secs(7 * 86400))
 }
 
 /// A peer system. Exactly one transport key (`http` for now) says how to reach it.
@@ -138,9 +173,20 @@ pub struct RouteConfig {
     pub description: Option<String>,
     /// Where requests come in.
     pub from: Source,
-    /// How the route answers: `sync` (the caller waits for the result). Default `sync`.
+    /// How the route answers: `sync` (the caller waits for the result) or `queued` (202 once
+    /// the message is stored; workers deliver it to `to` with retries). Default `sync`.
     #[serde(default)]
     pub delivery: Delivery,
+    /// Queued routes: messages with the same key (rendered from this template, e.g.
+    /// `"{{body.caseId}}"`) are delivered one at a time, in the order they came in.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
+    /// Queued routes: how failed deliveries are retried before they become dead letters.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Queued routes: most deliveries of this route at once per tilts process. Default 8.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     /// The ordered steps every request goes through.
     #[serde(default)]
     pub steps: Vec<Step>,
@@ -157,6 +203,33 @@ pub enum Delivery {
     /// The caller waits; errors come back as problem responses.
     #[default]
     Sync,
+    /// The caller gets 202 and a message id once the message is committed to the store;
+    /// workers deliver it to `to`, retrying with backoff, then dead-lettering.
+    Queued,
+}
+
+/// Retry policy of a queued route. Delays grow as `initial * multiplier^(attempt-1)`, capped
+/// at `max_delay`, with up to 20% random jitter; a `Retry-After` from the system is honoured
+/// when it asks for longer. Only retryable failures are retried (connect errors, timeouts,
+/// 5xx, 408, 429); other 4xx go to dead letters at once.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included. Default 10.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Delay before the second attempt. Default `5s`.
+    #[serde(default)]
+    pub initial: Option<Dur>,
+    /// Growth factor of the delay. Default 2.
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Longest delay between attempts. Default `1h`.
+    #[serde(default)]
+    pub max_delay: Option<Dur>,
+    /// Spread retries randomly by up to 20% so a recovering system is not hit all at once. Default true.
+    #[serde(default)]
+    pub jitter: Option<bool>,
 }
 
 /// Where requests come in. Exactly one key.
