@@ -1,0 +1,1181 @@
+//! Benchmark (a measurement, not a test): a synchronous route, validate + map + call + map,
+//! through tilts, against calling the upstream system directly, in the same run.
+//!
+//! Run from the workspace root:
+//!
+//! ```text
+//! cargo bench -p tilts-engine --bench sync_route
+//! ```
+//!
+//! In one process: an upstream simulator (axum, `POST /cases` answers 201 with a fixed case),
+//! tilts serving `benches/sync_route/routes.yaml` (compiled with `check::load_with_env`, served
+//! with `server::serve`), and the load generator. Each has its own tokio runtime, as if they were
+//! three processes on the same machine.
+//!
+//! - Phase 1, maximum throughput: closed loop, `BENCH_CONCURRENCY` workers sending back to back
+//!   over keep-alive connections for `BENCH_SECONDS` after a 2 s warm-up, direct and through tilts.
+//! - Phase 2, latency at half the tilts maximum: open loop on a fixed schedule of send times, the
+//!   same rate for direct and through tilts, latency measured from the *scheduled* send time (no
+//!   coordinated omission).
+//!
+//! Targets: tilts >= 40% of the direct throughput; added p99 < 1 ms at half the maximum rate. A
+//! missed target prints MISS; the exit code is 0 either way (2 only when the setup itself fails).
+//!
+//! Environment:
+//! - `BENCH_CONCURRENCY` closed-loop workers (default 32)
+//! - `BENCH_SECONDS` measured seconds per run (default 10), after a 2 s warm-up
+//! - `BENCH_RATE` open-loop rate in req/s (default: half of the measured tilts maximum)
+//! - `BENCH_THREADS` worker threads per runtime (default: the number of CPUs)
+//! - `BENCH_SHARED_RUNTIME=1` one runtime for the three parts instead of one each
+//! - `BENCH_PROFILE=1` also measure route variants (without validate, without templates, bare
+//!   proxy, without the call) and the cost of each step in isolation
+//! - `BENCH_LOG=1` install tilts' logging (one line per request on stderr, as `tilts serve`
+//!   does); redirect stderr, e.g. `2>/dev/null`
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+use tilts_engine::plan::{Plan, Step};
+use tokio::runtime::Runtime;
+
+/// The upstream's fixed answer.
+const CASE_ANSWER: &str = r#"{"caseNumber":"SD-2026-000123","status":"registered"}"#;
+const CASE_NUMBER: &str = "SD-2026-000123";
+const WARMUP: Duration = Duration::from_secs(2);
+const ROUTE_PATH: &str = "/v1/applications";
+/// Connections the upstream simulator accepted so far (shows whether callers reuse them).
+static UPSTREAM_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// Throughput target: tilts at least this share of the direct throughput.
+const TARGET_SHARE: f64 = 0.40;
+/// Latency target: added p99 below this, at half the maximum rate.
+const TARGET_ADDED_P99_MS: f64 = 1.0;
+
+fn main() {
+    // `cargo bench` passes `--bench` (and any filter); this benchmark takes no arguments.
+    if let Err(e) = run() {
+        eprintln!("sync_route benchmark could not run: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+struct Settings {
+    concurrency: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    threads: usize,
+    shared_runtime: bool,
+    profile: bool,
+    log: bool,
+}
+
+impl Settings {
+    fn from_env(cpus: usize) -> anyhow::Result<Settings> {
+        let s = Settings {
+            concurrency: env_num("BENCH_CONCURRENCY", 32)?,
+            seconds: env_num("BENCH_SECONDS", 10)?,
+            rate: match std::env::var("BENCH_RATE") {
+                Ok(v) if !v.trim().is_empty() => Some(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| anyhow!("BENCH_RATE={v:?} is not a number"))?,
+                ),
+                _ => None,
+            },
+            threads: env_num("BENCH_THREADS", cpus)?,
+            shared_runtime: env_flag("BENCH_SHARED_RUNTIME"),
+            profile: env_flag("BENCH_PROFILE"),
+            log: env_flag("BENCH_LOG"),
+        };
+        if s.concurrency == 0 || s.seconds == 0 || s.threads == 0 {
+            bail!("BENCH_CONCURRENCY, BENCH_SECONDS and BENCH_THREADS must be at least 1");
+        }
+        if s.rate.is_some_and(|r: f64| r.is_nan() || r <= 0.0) {
+            bail!("BENCH_RATE must be a positive number of requests per second");
+        }
+        Ok(s)
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
+        _ => Ok(default),
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    matches!(
+        std::env::var(name).as_deref().map(str::trim),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
+/// The three parts' runtimes (the same one three times with `BENCH_SHARED_RUNTIME=1`).
+struct Runtimes {
+    load: Arc<Runtime>,
+    tilts: Arc<Runtime>,
+    upstream: Arc<Runtime>,
+}
+
+fn runtime(name: &str, threads: usize) -> anyhow::Result<Arc<Runtime>> {
+    Ok(Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .with_context(|| format!("cannot start the {name} runtime"))?,
+    ))
+}
+
+fn run() -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = Settings::from_env(cpus)?;
+    if settings.log {
+        tilts_engine::logging::init(tilts_engine::logging::LogFormat::Text);
+    }
+    let rts = if settings.shared_runtime {
+        let rt = runtime("shared-rt", settings.threads)?;
+        Runtimes {
+            load: rt.clone(),
+            tilts: rt.clone(),
+            upstream: rt,
+        }
+    } else {
+        Runtimes {
+            load: runtime("loadgen-rt", settings.threads)?,
+            tilts: runtime("tilts-rt", settings.threads)?,
+            upstream: runtime("upstream-rt", settings.threads)?,
+        }
+    };
+
+    let (upstream_addr, seen) = start_upstream(&rts.upstream)?;
+    let (tilts_addr, plan, stop_tilts) = start_tilts(&rts.tilts, upstream_addr)?;
+    let application = Bytes::from(serde_json::to_vec(&tilts_engine::demo::application(
+        451,
+        "010190-12349",
+    ))?);
+    let mapped = sanity_check(&rts.load, tilts_addr, upstream_addr, &application, &seen)?;
+
+    let tilts_target = Arc::new(Target {
+        url: format!("http://{tilts_addr}{ROUTE_PATH}"),
+        body: application.clone(),
+    });
+    let direct_target = Arc::new(Target {
+        url: format!("http://{upstream_addr}/cases"),
+        body: mapped.clone(),
+    });
+    let measure = Duration::from_secs(settings.seconds);
+
+    print_header(&settings, cpus);
+
+    // Phase 1.
+    println!();
+    println!(
+        "Phase 1: maximum throughput (closed loop, {} workers back to back over keep-alive \
+         connections, {} s warm-up + {} s measured)",
+        settings.concurrency,
+        WARMUP.as_secs(),
+        settings.seconds
+    );
+    let client = new_client(settings.concurrency)?;
+    let direct = closed_loop(
+        &rts.load,
+        &client,
+        &direct_target,
+        settings.concurrency,
+        measure,
+    );
+    print_throughput("direct", &direct, None);
+    let tilts = closed_loop(
+        &rts.load,
+        &client,
+        &tilts_target,
+        settings.concurrency,
+        measure,
+    );
+    let share = tilts.rate() / direct.rate().max(f64::MIN_POSITIVE);
+    print_throughput("tilts", &tilts, Some(share));
+    drop(client);
+    println!();
+    print_usage_table(
+        "Phase 1",
+        &[("direct", &direct.usage), ("tilts", &tilts.usage)],
+    );
+
+    // Phase 2.
+    let rate = settings.rate.unwrap_or((tilts.rate() / 2.0).max(1.0));
+    println!();
+    println!(
+        "Phase 2: latency at {rate:.0} req/s{} (open loop: a fixed schedule of send times, \
+         latency from the scheduled send time; {} s warm-up + {} s measured each)",
+        if settings.rate.is_some() {
+            " (BENCH_RATE)"
+        } else {
+            " = half of the tilts maximum"
+        },
+        WARMUP.as_secs(),
+        settings.seconds
+    );
+    let client = new_client(settings.concurrency)?;
+    let direct_lat = open_loop(&rts.load, &client, &direct_target, rate, measure);
+    let tilts_lat = open_loop(&rts.load, &client, &tilts_target, rate, measure);
+    drop(client);
+    let added_p99 = print_latency(&direct_lat, &tilts_lat);
+    println!();
+    print_usage_table(
+        "Phase 2",
+        &[("direct", &direct_lat.usage), ("tilts", &tilts_lat.usage)],
+    );
+
+    // Verdict.
+    let errors = direct.errors + tilts.errors + direct_lat.errors + tilts_lat.errors;
+    println!();
+    println!("Targets:");
+    println!(
+        "  throughput through tilts >= {:.0}% of direct:  {:5.1}%   {}",
+        TARGET_SHARE * 100.0,
+        share * 100.0,
+        verdict(share >= TARGET_SHARE)
+    );
+    println!(
+        "  added p99 < {TARGET_ADDED_P99_MS:.0} ms at {rate:.0} req/s:          {added_p99:6.3} ms  {}",
+        verdict(added_p99 < TARGET_ADDED_P99_MS)
+    );
+    if errors > 0 {
+        println!();
+        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        println!(
+            "!!! {errors} REQUEST(S) FAILED during the measurement: the figures above are NOT valid"
+        );
+        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    }
+
+    if settings.profile {
+        profile(&rts, &settings, &plan, tilts_addr, &direct, &application)?;
+    } else {
+        println!();
+        println!("(BENCH_PROFILE=1 also measures route variants and the cost of each step.)");
+    }
+
+    let _ = stop_tilts.send(());
+    drop(plan);
+    Ok(())
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS  <<<<<<<<<<" }
+}
+
+fn print_header(s: &Settings, cpus: usize) {
+    println!("tilts benchmark: sync route, validate + map + call + map, against the direct call");
+    println!("==============================================================================");
+    println!("machine:   {cpus} CPUs (nproc), {}", cpu_model());
+    println!(
+        "setup:     the load generator, tilts and the upstream simulator run in THIS process, \
+         {} ({} worker threads each);",
+        if s.shared_runtime {
+            "one shared tokio runtime"
+        } else {
+            "three tokio runtimes"
+        },
+        s.threads
+    );
+    println!(
+        "           on a machine with few cores they share the cores, which penalizes the \
+         through-tilts figure (tilts' own work competes with the generator and the upstream)"
+    );
+    println!(
+        "route:     POST {ROUTE_PATH}: validate (JSON Schema) -> map (Handlebars) -> call \
+         POST /cases -> respond 201 (Handlebars)"
+    );
+    println!(
+        "direct:    POST /cases to the upstream with the already-mapped body (as tilts sends it)"
+    );
+    println!(
+        "logging:   {}",
+        if s.log {
+            "tilts' logging installed (BENCH_LOG=1), one line per request on stderr"
+        } else {
+            "no log subscriber (tilts serve logs one line per request; BENCH_LOG=1 includes it)"
+        }
+    );
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU model unknown".into())
+}
+
+// ------------------------------------------------------------------------------------------
+// The upstream simulator and tilts.
+
+/// The first request the upstream received: what tilts sends, after mapping.
+struct Seen {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+fn start_upstream(rt: &Runtime) -> anyhow::Result<(SocketAddr, Arc<OnceLock<Seen>>)> {
+    let seen = Arc::new(OnceLock::new());
+    let first = seen.clone();
+    let app = Router::new().route(
+        "/cases",
+        post(move |req: Request| {
+            let first = first.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                if first.get().is_none() {
+                    let _ = first.set(Seen {
+                        headers: parts.headers,
+                        body,
+                    });
+                }
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    CASE_ANSWER,
+                )
+            }
+        }),
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .context("cannot bind the upstream simulator")?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        UPSTREAM_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        let _ = tcp.set_nodelay(true);
+    });
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("upstream simulator stopped: {e}");
+        }
+    });
+    Ok((addr, seen))
+}
+
+fn start_tilts(
+    rt: &Runtime,
+    upstream: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Arc<Plan>, tokio::sync::oneshot::Sender<()>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sync_route/routes.yaml");
+    let url = format!("http://{upstream}");
+    let lookup = |k: &str| (k == "UPSTREAM_URL").then(|| url.clone());
+    // Inside the runtime: the plan builds the HTTP clients of its systems.
+    let plan = rt
+        .block_on(async { tilts_engine::check::load_with_env(&path, &lookup) })
+        .map_err(|d| anyhow!("{} does not check:\n{d}", path.display()))?;
+    let plan = Arc::new(plan);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .context("cannot bind tilts")?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = plan.clone();
+    rt.spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        // No store: the benchmark's routes are all synchronous.
+        if let Err(e) = tilts_engine::server::serve(served, None, listener, shutdown).await {
+            eprintln!("tilts stopped: {e}");
+        }
+    });
+    Ok((addr, plan, stop))
+}
+
+/// One request through tilts and one direct, checked in full; returns the mapped body tilts
+/// sent upstream (the direct baseline sends exactly that).
+fn sanity_check(
+    rt: &Runtime,
+    tilts: SocketAddr,
+    upstream: SocketAddr,
+    application: &Bytes,
+    seen: &OnceLock<Seen>,
+) -> anyhow::Result<Bytes> {
+    let client = new_client(1)?;
+    rt.block_on(async {
+        let resp = client
+            .post(format!("http://{tilts}{ROUTE_PATH}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(application.clone())
+            .send()
+            .await
+            .context("tilts did not answer")?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status != StatusCode::CREATED
+            || answer.pointer("/institution/caseNumber") != Some(&json!(CASE_NUMBER))
+            || answer["status"] != "forwarded"
+        {
+            bail!(
+                "tilts answered {status} {}; expected 201 with institution.caseNumber {CASE_NUMBER}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let sent = seen
+            .get()
+            .ok_or_else(|| anyhow!("the upstream received nothing"))?;
+        let mapped: Value = serde_json::from_slice(&sent.body)
+            .context("tilts sent the upstream a body that is not JSON")?;
+        if mapped["serviceCode"] != "SOC-ASSIST-01"
+            || mapped["applicationId"] != "VPVKAC-2026-000451"
+            || mapped.pointer("/source/system") != Some(&json!("VPVKAC"))
+            || sent.headers.get("idempotency-key").map(|v| v.as_bytes())
+                != Some(b"VPVKAC-2026-000451".as_slice())
+        {
+            bail!(
+                "tilts sent the upstream an unexpected request: {}",
+                String::from_utf8_lossy(&sent.body)
+            );
+        }
+        let direct = Target {
+            url: format!("http://{upstream}/cases"),
+            body: sent.body.clone(),
+        };
+        send(&client, &direct)
+            .await
+            .map_err(|e| anyhow!("the direct call failed: {e}"))?;
+        Ok(sent.body.clone())
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Load generation.
+
+struct Target {
+    url: String,
+    body: Bytes,
+}
+
+fn new_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency.max(64) * 4)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot build the load generator's HTTP client")
+}
+
+/// One request; Ok only for a 201 with the whole answer read.
+async fn send(client: &reqwest::Client, t: &Target) -> Result<(), String> {
+    let resp = client
+        .post(&t.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "VPVKAC-2026-000451")
+        .body(t.body.clone())
+        .send()
+        .await
+        .map_err(|e| error_text(&e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| error_text(&e))?;
+    if status != StatusCode::CREATED {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(format!("answered {status}: {text}"));
+    }
+    Ok(())
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[derive(Default)]
+struct Errors {
+    count: u64,
+    first: Vec<String>,
+}
+
+impl Errors {
+    fn add(&mut self, e: String) {
+        self.count += 1;
+        if self.first.len() < 3 && !self.first.contains(&e) {
+            self.first.push(e);
+        }
+    }
+    fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        for e in other.first {
+            if self.first.len() < 3 && !self.first.contains(&e) {
+                self.first.push(e);
+            }
+        }
+    }
+}
+
+struct Throughput {
+    ok: u64,
+    /// Failed requests during the whole run, warm-up included.
+    errors: u64,
+    first_errors: Vec<String>,
+    secs: f64,
+    latency_sum: Duration,
+    /// What the parts of the process used during the measured window.
+    usage: Window,
+    /// Connections the upstream accepted during the run, warm-up included.
+    upstream_connections: u64,
+}
+
+impl Throughput {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+    fn mean_ms(&self) -> f64 {
+        if self.ok == 0 {
+            0.0
+        } else {
+            self.latency_sum.as_secs_f64() * 1000.0 / self.ok as f64
+        }
+    }
+}
+
+/// Closed loop: `concurrency` workers, each sending back to back; counts the answers that
+/// complete inside the measured window.
+fn closed_loop(
+    rt: &Runtime,
+    client: &reqwest::Client,
+    target: &Arc<Target>,
+    concurrency: usize,
+    measure: Duration,
+) -> Throughput {
+    let connections = UPSTREAM_CONNECTIONS.load(Ordering::Relaxed);
+    rt.block_on(async {
+        let start = Instant::now();
+        let m_start = start + WARMUP;
+        let m_end = m_start + measure;
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let client = client.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut lat, mut errors) = (0u64, Duration::ZERO, Errors::default());
+                    loop {
+                        let sent = Instant::now();
+                        if sent >= m_end {
+                            break;
+                        }
+                        let r = send(&client, &target).await;
+                        let done = Instant::now();
+                        match r {
+                            Ok(()) if done >= m_start && done < m_end => {
+                                ok += 1;
+                                lat += done - sent;
+                            }
+                            Ok(()) => {}
+                            Err(e) => errors.add(e),
+                        }
+                    }
+                    (ok, lat, errors)
+                })
+            })
+            .collect();
+        tokio::time::sleep_until(m_start.into()).await;
+        let usage_start = thread_usage();
+        tokio::time::sleep_until(m_end.into()).await;
+        let usage_end = thread_usage();
+        let mut t = Throughput {
+            ok: 0,
+            errors: 0,
+            first_errors: Vec::new(),
+            secs: measure.as_secs_f64(),
+            latency_sum: Duration::ZERO,
+            usage: Window {
+                requests: 0,
+                secs: measure.as_secs_f64(),
+                parts: usage_delta(&usage_start, &usage_end),
+            },
+            upstream_connections: 0,
+        };
+        let mut errors = Errors::default();
+        for w in workers {
+            match w.await {
+                Ok((ok, lat, e)) => {
+                    t.ok += ok;
+                    t.latency_sum += lat;
+                    errors.merge(e);
+                }
+                Err(e) => errors.add(format!("worker panicked: {e}")),
+            }
+        }
+        t.errors = errors.count;
+        t.first_errors = errors.first;
+        t.upstream_connections = UPSTREAM_CONNECTIONS.load(Ordering::Relaxed) - connections;
+        t.usage.requests = t.ok;
+        t
+    })
+}
+
+struct Latencies {
+    /// Latencies (ns) of the measured requests, sorted.
+    sorted: Vec<u64>,
+    errors: u64,
+    first_errors: Vec<String>,
+    /// How late the dispatcher sent its latest request (already counted in the latencies).
+    max_dispatch_lag: Duration,
+    /// Requests due inside the measured window.
+    scheduled: u64,
+    /// What the parts of the process used while the measured requests were sent.
+    usage: Window,
+}
+
+/// Most requests the open loop keeps in flight; beyond that the system is not keeping up with
+/// the rate, and a request is counted as failed instead of opening yet another connection.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Open loop: request i is due at `start + i / rate` whatever happened to the earlier ones; its
+/// latency runs from that due time to the end of its answer.
+fn open_loop(
+    rt: &Runtime,
+    client: &reqwest::Client,
+    target: &Arc<Target>,
+    rate: f64,
+    measure: Duration,
+) -> Latencies {
+    let total = (rate * (WARMUP + measure).as_secs_f64()).round() as u64;
+    let start = Instant::now() + Duration::from_millis(20);
+    let m_start = start + WARMUP;
+    let results = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let errors = Arc::new(Mutex::new(Errors::default()));
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut max_lag = Duration::ZERO;
+    let mut scheduled = 0u64;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut usage_start = None;
+    // The dispatcher is this (otherwise idle) thread: sleeping to each due time is precise to
+    // tens of microseconds, where a tokio timer would round to the millisecond.
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            max_lag = max_lag.max(now - due);
+        }
+        let measured = due >= m_start;
+        scheduled += u64::from(measured);
+        if measured && usage_start.is_none() {
+            usage_start = Some(thread_usage());
+        }
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            errors.lock().unwrap().add(format!(
+                "not sent: {MAX_IN_FLIGHT} requests in flight already (not keeping up with the rate)"
+            ));
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (client, target) = (client.clone(), target.clone());
+        let (results, errors, in_flight) = (results.clone(), errors.clone(), in_flight.clone());
+        tasks.push(rt.spawn(async move {
+            let r = send(&client, &target).await;
+            let latency = due.elapsed();
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Ok(()) if measured => results.lock().unwrap().push(latency.as_nanos() as u64),
+                Ok(()) => {}
+                Err(e) => errors.lock().unwrap().add(e),
+            }
+        }));
+    }
+    let usage_end = thread_usage();
+    let usage = Window {
+        requests: scheduled,
+        secs: measure.as_secs_f64(),
+        parts: usage_delta(&usage_start.unwrap_or_default(), &usage_end),
+    };
+    rt.block_on(async {
+        for t in tasks {
+            if let Err(e) = t.await {
+                errors
+                    .lock()
+                    .unwrap()
+                    .add(format!("request task panicked: {e}"));
+            }
+        }
+    });
+    let mut sorted = std::mem::take(&mut *results.lock().unwrap());
+    sorted.sort_unstable();
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
+    Latencies {
+        sorted,
+        errors: errors.count,
+        first_errors: errors.first,
+        max_dispatch_lag: max_lag,
+        scheduled,
+        usage,
+    }
+}
+
+/// Nearest-rank percentile, in ms.
+fn pct_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1] as f64 / 1e6
+}
+
+// ------------------------------------------------------------------------------------------
+// CPU accounting per part of the process (threads are named per runtime).
+
+/// What the threads of one part of the process used: on-CPU time and context switches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    ns: u64,
+    switches: u64,
+}
+
+/// The parts' usage between two snapshots, and the requests answered meanwhile.
+struct Window {
+    requests: u64,
+    secs: f64,
+    parts: BTreeMap<&'static str, Usage>,
+}
+
+/// Usage per part, summed over the process' threads.
+fn thread_usage() -> BTreeMap<&'static str, Usage> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in dir.flatten() {
+        let p = task.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let part = match comm.trim() {
+            c if c.starts_with("loadgen") => "load generator",
+            c if c.starts_with("tilts") => "tilts",
+            c if c.starts_with("upstream") => "upstream",
+            c if c.starts_with("shared") => "all (shared runtime)",
+            _ => "other threads",
+        };
+        // schedstat: on-CPU time in ns; stat: utime + stime in clock ticks (100 Hz) otherwise.
+        let ns = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .or_else(|| {
+                let stat = std::fs::read_to_string(p.join("stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 1..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                Some(ticks * 10_000_000)
+            });
+        let switches: u64 = std::fs::read_to_string(p.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let u: &mut Usage = out.entry(part).or_default();
+        u.ns += ns.unwrap_or(0);
+        u.switches += switches;
+    }
+    out
+}
+
+fn usage_delta(
+    a: &BTreeMap<&'static str, Usage>,
+    b: &BTreeMap<&'static str, Usage>,
+) -> BTreeMap<&'static str, Usage> {
+    b.iter()
+        .map(|(k, v)| {
+            let before = a.get(k).copied().unwrap_or_default();
+            let d = Usage {
+                ns: v.ns.saturating_sub(before.ns),
+                switches: v.switches.saturating_sub(before.switches),
+            };
+            (*k, d)
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Report.
+
+fn print_throughput(name: &str, t: &Throughput, share: Option<f64>) {
+    let share = share.map_or(String::new(), |s| {
+        format!(
+            "  ({:.1}% of direct; target >= {:.0}%)  {}",
+            s * 100.0,
+            TARGET_SHARE * 100.0,
+            verdict(s >= TARGET_SHARE)
+        )
+    });
+    println!(
+        "  {:<8} {:>8.0} req/s   errors: {:<4} mean latency {:6.3} ms   upstream connections opened: {:<5}{share}",
+        format!("{name}:"),
+        t.rate(),
+        t.errors,
+        t.mean_ms(),
+        t.upstream_connections
+    );
+    print_errors(t.errors, &t.first_errors);
+}
+
+fn print_errors(count: u64, first: &[String]) {
+    if count > 0 {
+        println!("  !!! {count} request(s) FAILED; first errors:");
+        for e in first {
+            println!("  !!!   {e}");
+        }
+    }
+}
+
+/// CPU time and context switches per answered request, per part of the process.
+fn print_usage_table(title: &str, runs: &[(&str, &Window)]) {
+    let mut parts: Vec<&'static str> = Vec::new();
+    for (_, w) in runs {
+        for k in w.parts.keys() {
+            if !parts.contains(k) {
+                parts.push(k);
+            }
+        }
+    }
+    let order = |p: &str| match p {
+        "load generator" => 0,
+        "tilts" => 1,
+        "upstream" => 2,
+        "all (shared runtime)" => 3,
+        _ => 4,
+    };
+    parts.sort_by_key(|p| order(p));
+    println!("  {title}: CPU time per request in microseconds [context switches per request]");
+    print!("  {:<14}", "");
+    for p in &parts {
+        print!("{p:>22}");
+    }
+    println!("{:>18}{:>11}", "total", "CPUs busy");
+    for (name, w) in runs {
+        print!("  {name:<14}");
+        let mut total = Usage::default();
+        for p in &parts {
+            let u = w.parts.get(p).copied().unwrap_or_default();
+            total.ns += u.ns;
+            total.switches += u.switches;
+            print!("{:>22}", usage_cell(u, w.requests));
+        }
+        println!(
+            "{:>18}{:>11.2}",
+            usage_cell(total, w.requests),
+            total.ns as f64 / 1e9 / w.secs
+        );
+    }
+}
+
+fn usage_cell(u: Usage, requests: u64) -> String {
+    format!(
+        "{:.1} [{:.2}]",
+        per_request_us(u.ns, requests),
+        u.switches as f64 / requests.max(1) as f64
+    )
+}
+
+fn per_request_us(ns: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        ns as f64 / requests as f64 / 1000.0
+    }
+}
+
+/// Prints the latency table; returns the added p99 in ms.
+fn print_latency(direct: &Latencies, tilts: &Latencies) -> f64 {
+    const PS: [(f64, &str); 5] = [
+        (50.0, "p50"),
+        (90.0, "p90"),
+        (99.0, "p99"),
+        (99.9, "p99.9"),
+        (100.0, "max"),
+    ];
+    print!("  {:<8}", "(ms)");
+    for (_, n) in PS {
+        print!("{n:>10}");
+    }
+    println!("{:>12}{:>9}", "answered", "errors");
+    for (name, l) in [("direct", direct), ("tilts", tilts)] {
+        print!("  {name:<8}");
+        for (p, _) in PS {
+            print!("{:>10.3}", pct_ms(&l.sorted, p));
+        }
+        println!(
+            "{:>12}{:>9}",
+            format!("{}/{}", l.sorted.len(), l.scheduled),
+            l.errors
+        );
+    }
+    print!("  {:<8}", "added");
+    for (p, _) in PS {
+        print!(
+            "{:>10.3}",
+            pct_ms(&tilts.sorted, p) - pct_ms(&direct.sorted, p)
+        );
+    }
+    println!();
+    for (name, l) in [("direct", direct), ("tilts", tilts)] {
+        print_errors(l.errors, &l.first_errors);
+        if l.max_dispatch_lag > Duration::from_millis(1) {
+            println!(
+                "  note: the {name} dispatcher fell up to {:.1} ms behind its schedule (counted in the latencies)",
+                l.max_dispatch_lag.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    let added_p50 = pct_ms(&tilts.sorted, 50.0) - pct_ms(&direct.sorted, 50.0);
+    let added_p99 = pct_ms(&tilts.sorted, 99.0) - pct_ms(&direct.sorted, 99.0);
+    println!("  added p50: {added_p50:.3} ms");
+    println!(
+        "  added p99: {added_p99:.3} ms (target < {TARGET_ADDED_P99_MS:.0} ms)  {}",
+        verdict(added_p99 < TARGET_ADDED_P99_MS)
+    );
+    added_p99
+}
+
+// ------------------------------------------------------------------------------------------
+// BENCH_PROFILE=1: where the time goes.
+
+fn profile(
+    rts: &Runtimes,
+    s: &Settings,
+    plan: &Plan,
+    tilts: SocketAddr,
+    direct: &Throughput,
+    application: &Bytes,
+) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "Profile 1: route variants, maximum throughput (closed loop, {} workers, {} s each)",
+        s.concurrency, s.seconds
+    );
+    let variants = [
+        (
+            "/v1/applications",
+            "full: validate + map + call + respond(template)",
+        ),
+        (
+            "/v1/variants/no-validate",
+            "no-validate: map + call + respond(template)",
+        ),
+        (
+            "/v1/variants/no-maps",
+            "no-maps: validate + call + respond(echo, no template)",
+        ),
+        (
+            "/v1/variants/call-only",
+            "call-only: call + respond(echo), a bare proxy",
+        ),
+        (
+            "/v1/variants/no-call",
+            "no-call: validate + map + respond(echo), no upstream hop",
+        ),
+    ];
+    let client = new_client(s.concurrency)?;
+    let mut runs = Vec::new();
+    for (path, what) in variants {
+        let target = Arc::new(Target {
+            url: format!("http://{tilts}{path}"),
+            body: application.clone(),
+        });
+        let t = closed_loop(&rts.load, &client, &target, s.concurrency, measure(s));
+        println!(
+            "  {what:<58} {:>7.0} req/s ({:5.1}% of direct)  errors: {}  upstream connections opened: {}",
+            t.rate(),
+            t.rate() / direct.rate().max(f64::MIN_POSITIVE) * 100.0,
+            t.errors,
+            t.upstream_connections
+        );
+        print_errors(t.errors, &t.first_errors);
+        runs.push((what.split(':').next().unwrap_or(what), t));
+    }
+    drop(client);
+    println!();
+    let mut table: Vec<(&str, &Window)> = vec![("direct", &direct.usage)];
+    table.extend(runs.iter().map(|(n, t)| (*n, &t.usage)));
+    print_usage_table("Profile 1", &table);
+
+    println!();
+    println!("Profile 2: cost of each piece in isolation (one thread, no I/O, mean of many runs)");
+    step_costs(plan, application)?;
+    Ok(())
+}
+
+fn measure(s: &Settings) -> Duration {
+    Duration::from_secs(s.seconds)
+}
+
+/// Mean wall time of `f` over `n` runs (after a warm-up), in microseconds.
+fn per_op_us<R>(n: u32, mut f: impl FnMut() -> R) -> f64 {
+    for _ in 0..n / 10 {
+        std::hint::black_box(f());
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(f());
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn step_costs(plan: &Plan, application: &Bytes) -> anyhow::Result<()> {
+    let route = plan
+        .routes
+        .iter()
+        .find(|r| r.path == ROUTE_PATH)
+        .ok_or_else(|| anyhow!("no route for {ROUTE_PATH}"))?;
+    let (mut schema, mut map, mut reply) = (None, None, None);
+    for step in &route.steps {
+        match step {
+            Step::Validate { schema: s, .. } => schema = Some(s.clone()),
+            Step::Map { template, .. } => map = Some(template),
+            Step::Respond { respond, .. } => reply = respond.body.as_ref(),
+            _ => {}
+        }
+    }
+    let (Some(schema), Some(map), Some(reply)) = (schema, map, reply) else {
+        bail!("the measured route lost its validate, map or respond step");
+    };
+    let body: Value = serde_json::from_slice(application)?;
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let headers = json!({
+        "host": "127.0.0.1:8080", "content-type": "application/json",
+        "idempotency-key": "VPVKAC-2026-000451", "accept": "*/*",
+        "content-length": application.len().to_string(),
+    });
+    let base = |body: &Value| {
+        json!({
+            "payload": body.clone(), "body": body.clone(), "headers": headers.clone(),
+            "query": {}, "params": {},
+            "route": {"id": route.id, "owner": route.owner}, "message": {"id": message_id},
+        })
+    };
+    let ctx = handlebars::Context::from(base(&body));
+    let mapped = plan.mappings.render(map, &ctx)?.into_value();
+    let mut after = base(&body);
+    after["payload"] = mapped.clone();
+    after["intake"] = json!({
+        "status": 201,
+        "headers": {"content-type": "application/json", "content-length": "52"},
+        "body": serde_json::from_str::<Value>(CASE_ANSWER)?,
+    });
+    let after = handlebars::Context::from(after);
+    let answer = plan.mappings.render(reply, &after)?.into_value();
+    let headers_t = match route.steps.iter().find_map(|s| match s {
+        Step::Call { call, .. } => Some(call),
+        _ => None,
+    }) {
+        Some(call) => call.headers.first().map(|(_, t)| t),
+        None => None,
+    };
+
+    let n = 20_000;
+    let rows: Vec<(&str, f64)> = vec![
+        (
+            "parse the request body (serde_json, 350 B)",
+            per_op_us(n, || serde_json::from_slice::<Value>(application).ok()),
+        ),
+        (
+            "message id (uuid v4 to string)",
+            per_op_us(n, || uuid::Uuid::new_v4().to_string()),
+        ),
+        (
+            "build the exchange context (json! + body clone)",
+            per_op_us(n, || handlebars::Context::from(base(&body))),
+        ),
+        (
+            "validate (jsonschema, formats on)",
+            per_op_us(n, || schema.validate(&body)),
+        ),
+        (
+            "map: render to-social-services (text + JSON parse)",
+            per_op_us(n, || plan.mappings.render(map, &ctx).ok()),
+        ),
+        (
+            "serialize the call body (serde_json)",
+            per_op_us(n, || serde_json::to_vec(&mapped).ok()),
+        ),
+        (
+            "Idempotency-Key header template",
+            per_op_us(n, || {
+                headers_t.map(|t| plan.mappings.render_string(t, &ctx).ok())
+            }),
+        ),
+        (
+            "parse the upstream answer (serde_json)",
+            per_op_us(n, || serde_json::from_str::<Value>(CASE_ANSWER).ok()),
+        ),
+        (
+            "respond: render accepted (text + JSON parse)",
+            per_op_us(n, || plan.mappings.render(reply, &after).ok()),
+        ),
+        (
+            "serialize the answer (serde_json)",
+            per_op_us(n, || serde_json::to_vec(&answer).ok()),
+        ),
+    ];
+    let mut total = 0.0;
+    for (what, us) in &rows {
+        total += us;
+        println!("  {what:<56} {us:8.2} us");
+    }
+    println!("  {:<56} {total:8.2} us", "sum of the pieces above");
+
+    // The no-call variant through the runtime, without HTTP: all the route work but the call.
+    let no_call = plan
+        .routes
+        .iter()
+        .find(|r| r.id == "variant-no-call")
+        .ok_or_else(|| anyhow!("no variant-no-call route"))?;
+    let input_headers: serde_json::Map<String, Value> =
+        headers.as_object().cloned().unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let us = per_op_us(n, || {
+        let input = tilts_engine::runtime::Input {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            body: body.clone(),
+            headers: input_headers.clone(),
+            query: Default::default(),
+            params: Default::default(),
+        };
+        rt.block_on(tilts_engine::runtime::run(plan, no_call, input))
+            .ok()
+    });
+    println!(
+        "  {:<56} {us:8.2} us",
+        "runtime::run of the no-call variant (validate + map)"
+    );
+    Ok(())
+}
