@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -38,6 +37,29 @@ struct Case {
     body: Option<Value>,
     fault: Fault,
     expect: u16,
+    /// Queued cases: the state the message must reach ("delivered" or "dead").
+    delivered: Option<&'static str>,
+}
+
+/// Waits (at most 20 s) for a queued message to be delivered or dead-lettered.
+async fn follow(store: &crate::store::Store, id: &str) -> (String, u32, String) {
+    let Ok(uuid) = id.parse::<uuid::Uuid>() else {
+        return ("unknown".into(), 0, String::new());
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(v)) = store.get(crate::store::MessageId(uuid)).await {
+            let state = v.meta.state.to_string();
+            if state != "pending" || Instant::now() > deadline {
+                return (
+                    state,
+                    v.meta.attempts,
+                    v.meta.last_error_class.unwrap_or_default(),
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs the demo.
@@ -61,19 +83,25 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
     } else {
         "127.0.0.1:0".to_string()
     };
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve(
-        Arc::new(plan),
-        None,
-        listener,
-        async move {
-            let _ = stop_rx.await;
+    // The embedded default store (SQLite), in a fresh folder so every demo starts clean.
+    let data = tempfile::tempdir().context("creating the demo's data folder")?;
+    let database = format!("sqlite://{}/tilts.db", data.path().display());
+    let running = crate::service::start(
+        plan,
+        crate::service::StartOptions {
+            listen: Some(listen),
+            admin_listen: Some("127.0.0.1:0".into()),
+            database: Some(database),
+            workers: Some(crate::worker::WorkerOptions {
+                poll_interval: Duration::from_millis(100),
+                ..Default::default()
+            }),
+            no_workers: false,
         },
-    ));
+    )
+    .await?;
+    let addr: SocketAddr = running.addr;
+    let store = running.store.clone();
     let base = format!("http://{addr}");
 
     println!(
@@ -115,7 +143,22 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let ms = started.elapsed().as_millis();
-        let ok = status == case.expect;
+        let mut ok = status == case.expect;
+        let mut outcome = summarize(&body);
+        if let (Some(want), Some(store), Some(id)) =
+            (case.delivered, &store, body["messageId"].as_str())
+        {
+            // A queued message: follow it until the workers have delivered or dead-lettered it.
+            let (state, attempts, class) = follow(store, id).await;
+            ok &= state == want;
+            outcome = match state.as_str() {
+                "delivered" => format!("accepted; delivered on attempt {attempts}"),
+                "dead" => format!(
+                    "accepted; dead letter after {attempts} attempt(s) ({class}), requeue: POST /admin/dead-letters/{id}/requeue"
+                ),
+                other => format!("accepted; still {other} after {attempts} attempt(s)"),
+            };
+        }
         if !ok {
             failures += 1;
         }
@@ -128,7 +171,7 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
             status,
             ms,
             if ok { "ok  " } else { "FAIL" },
-            summarize(&body)
+            outcome
         );
     }
     for s in sims.all() {
@@ -182,8 +225,8 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         println!("  Ctrl-C stops.");
         crate::server::shutdown_signal().await;
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    running.stop().await;
+    drop(data);
     sims.shutdown().await;
     if failures > 0 {
         bail!("{failures} case(s) did not answer as expected");
@@ -267,6 +310,16 @@ fn cases() -> Vec<Case> {
         body: Some(body),
         fault,
         expect,
+        delivered: None,
+    };
+    let queued = |what, body, fault, delivered| Case {
+        what,
+        method: "POST",
+        path: "/v1/applications/forward".to_string(),
+        body: Some(body),
+        fault,
+        expect: 202,
+        delivered: Some(delivered),
     };
     let get = |what, path: String, fault, expect| Case {
         what,
@@ -275,6 +328,7 @@ fn cases() -> Vec<Case> {
         body: None,
         fault,
         expect,
+        delivered: None,
     };
     vec![
         post(
@@ -374,6 +428,35 @@ fn cases() -> Vec<Case> {
             application(455, "150285-10005"),
             Fault::Slow("social-services", Duration::from_secs(4)),
             504,
+        ),
+        queued(
+            "queued application",
+            application(456, "010190-12349"),
+            Fault::None,
+            "delivered",
+        ),
+        queued(
+            "queued, institution answers 503 once",
+            application(457, "161175-19997"),
+            Fault::Fail("social-services", 503),
+            "delivered",
+        ),
+        queued(
+            "queued, institution refuses (409)",
+            application(458, "150285-10005"),
+            Fault::Fail("social-services", 409),
+            "dead",
+        ),
+        post(
+            "queued, invalid application",
+            "/v1/applications/forward",
+            {
+                let mut a = application(459, "010190-12340");
+                a["channel"] = json!("fax");
+                a
+            },
+            Fault::None,
+            422,
         ),
         get("no such route", "/v1/nothing-here".into(), Fault::None, 404),
     ]
