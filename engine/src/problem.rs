@@ -85,6 +85,13 @@ impl Problem {
         p
     }
 
+    /// Names the route only: for answers about a message that was not accepted (its provisional
+    /// id would only mislead the caller).
+    pub fn for_route(mut self, route: &str) -> Self {
+        self.route = Some(route.to_string());
+        self
+    }
+
     pub fn with_route(mut self, route: &str, message_id: &str) -> Self {
         self.route = Some(route.to_string());
         self.message_id = Some(message_id.to_string());

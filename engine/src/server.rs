@@ -23,7 +23,9 @@ use crate::config::types::Delivery;
 use crate::plan::{Plan, Route};
 use crate::problem::Problem;
 use crate::runtime::{self, Input, RouteError};
-use crate::store::{Idempotency, NewMessage, Payload as StorePayload, Store, StoreError};
+use crate::store::{
+    Idempotency, MessageId, NewMessage, Payload as StorePayload, Store, StoreError,
+};
 
 /// Shared by every request.
 pub struct AppState {
@@ -85,7 +87,13 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
 
 async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
     let started = Instant::now();
-    let message_id = uuid::Uuid::new_v4().to_string();
+    // Queued messages get their store id (UUIDv7) here, so `{{message.id}}` in templates is
+    // the id delivered as X-Tilts-Message-Id.
+    let message_id = if route.delivery == Delivery::Queued {
+        MessageId::new().to_string()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
     let plan = &state.plan;
     let (mut parts, body) = req.into_parts();
     let limit = plan.settings.body_limit.0;
@@ -278,6 +286,9 @@ async fn accept_queued(
     };
     let payload = StorePayload::json(&serde_json::to_value(&prepared.request).unwrap_or_default());
     let mut msg = NewMessage::new(route.id.clone(), payload.clone(), chrono::Utc::now());
+    if let Ok(id) = received_id.parse() {
+        msg.id = MessageId(id);
+    }
     msg.ordering_key = prepared.ordering_key;
     msg.original = Some(StorePayload::new("application/json", raw_body.to_vec()));
     msg.last_request = Some(payload);
@@ -285,7 +296,20 @@ async fn accept_queued(
         key,
         request_hash: request_hash(raw_body),
     });
-    match store.enqueue(msg).await {
+    // A store that stops answering (a partition, a frozen server) must not hold the caller
+    // forever: past this, the caller gets 503 and sends again.
+    let Ok(enqueued) = tokio::time::timeout(STORE_TIMEOUT, store.enqueue(msg)).await else {
+        tracing::error!(route = %route.id, timeout_s = STORE_TIMEOUT.as_secs(), "the store did not answer in time");
+        let mut p = Problem::new(
+            503,
+            "store-unavailable",
+            "tilts cannot store the message now",
+            "the message was not accepted; send it again later",
+        );
+        p.retry_after = Some(5);
+        return p.for_route(&route.id).into_response();
+    };
+    match enqueued {
         Ok(enq) => {
             let id = enq.id.to_string();
             let body = serde_json::json!({"messageId": id, "status": "accepted", "route": route.id});
@@ -304,16 +328,19 @@ async fn accept_queued(
             "Idempotency-Key reused with a different body",
             "this Idempotency-Key was first used with another request body; use a new key for a new request",
         )
-        .with_route(&route.id, &received_id)
+        .for_route(&route.id)
         .into_response(),
         Err(e) => {
             tracing::error!(route = %route.id, error = %e, unavailable = e.is_unavailable(), "cannot store a message");
             let mut p = Problem::new(503, "store-unavailable", "tilts cannot store the message now", "the message was not accepted; send it again later");
             p.retry_after = Some(5);
-            p.with_route(&route.id, &received_id).into_response()
+            p.for_route(&route.id).into_response()
         }
     }
 }
+
+/// The longest a queued route's ingress waits for the store to commit a message.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SHA-256 of the request body, hex: the fingerprint an Idempotency-Key is bound to.
 fn request_hash(body: &[u8]) -> String {

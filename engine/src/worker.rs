@@ -22,6 +22,10 @@ use crate::retry::random_unit;
 use crate::runtime::{self, StoredRequest};
 use crate::store::{Attempt, ClaimedMessage, Outcome, Store, StoreError};
 
+/// The longest a worker waits for one store call; a store that stops answering (a partition)
+/// counts as unavailable (reported as a pool timeout), and the worker backs off instead of hanging.
+pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How workers behave.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -86,9 +90,13 @@ pub async fn run(
         let claimed = if free == 0 {
             Vec::new()
         } else {
-            match store
-                .claim(&opts.worker_id, free, opts.lease, Utc::now())
+            let claim = tokio::time::timeout(
+                STORE_CALL_TIMEOUT,
+                store.claim(&opts.worker_id, free, opts.lease, Utc::now()),
+            );
+            match claim
                 .await
+                .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
             {
                 Ok(c) => {
                     store_backoff = ExponentialBuilder::new()
@@ -207,7 +215,12 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
         error_text,
         request: None,
     };
-    match store.record_attempt(msg.id, msg.lease_token, record).await {
+    let recorded = tokio::time::timeout(
+        STORE_CALL_TIMEOUT,
+        store.record_attempt(msg.id, msg.lease_token, record),
+    )
+    .await;
+    match recorded.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))) {
         Ok(()) => {}
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(message_id = %id, "lease expired during delivery: another worker owns the message now");

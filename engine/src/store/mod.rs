@@ -43,8 +43,16 @@ pub use sqlite::SqliteStore;
 pub struct MessageId(pub Uuid);
 
 impl MessageId {
-    pub(crate) fn new() -> Self {
+    /// A new id. The ingress makes it before the message is stored, so templates (`{{message.id}}`)
+    /// and the delivered `X-Tilts-Message-Id` are the same id.
+    pub fn new() -> Self {
         MessageId(Uuid::now_v7())
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -113,6 +121,8 @@ pub struct Idempotency {
 /// A message to commit.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The message's id (a repeat with the same idempotency key gets the first message's id).
+    pub id: MessageId,
     /// The route that delivers it.
     pub route_id: String,
     /// Messages of a route with the same key are delivered one at a time, in enqueue order.
@@ -138,6 +148,7 @@ impl NewMessage {
     /// A message for `route_id`, received and due at `now`, without ordering or idempotency keys.
     pub fn new(route_id: impl Into<String>, payload: Payload, now: DateTime<Utc>) -> Self {
         NewMessage {
+            id: MessageId::new(),
             route_id: route_id.into(),
             ordering_key: None,
             idempotency: None,

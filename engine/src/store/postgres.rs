@@ -178,7 +178,7 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let id = MessageId::new();
+        let id = msg.id;
         let (original_type, original) = split(msg.original);
         let (last_request_type, last_request) = split(msg.last_request);
         // ON CONFLICT waits for a concurrent insert of the same key to commit, then yields no row.

@@ -223,7 +223,7 @@ impl SqliteStore {
                 });
             }
         }
-        let id = MessageId::new();
+        let id = msg.id;
         let (original_type, original) = split(msg.original);
         let (last_request_type, last_request) = split(msg.last_request);
         let answer = msg.answer.as_ref().map(serde_json::Value::to_string);
