@@ -686,6 +686,23 @@ impl Checker {
                 );
             }
             ok &= self.check_queued_steps(&format!("{ptr}/steps"), &cfg.steps);
+            if cfg.fallback.is_some() {
+                ok = false;
+                self.push_key(
+                    &format!("{ptr}/fallback"),
+                    "a queued route always queues: `fallback` is for sync routes",
+                    Some("remove `fallback`".into()),
+                );
+            }
+        } else if cfg.fallback.is_some() {
+            if cfg.to.is_none() {
+                ok = false;
+                self.push_key(
+                    &format!("{ptr}/fallback"),
+                    "`fallback: queue` needs a destination: it queues the delivery to `to`",
+                    Some("add `to: { system: ..., path: ... }`".into()),
+                );
+            }
         } else {
             for key in ["ordering_key", "retry", "concurrency"] {
                 if !self
@@ -698,7 +715,7 @@ impl Checker {
                     self.push_key(
                         &format!("{ptr}/{key}"),
                         format!("`{key}` applies to queued routes only"),
-                        Some("add `delivery: queued`, or remove it".into()),
+                        Some("add `delivery: queued` (or `fallback: queue`), or remove it".into()),
                     );
                 }
             }
@@ -742,6 +759,7 @@ impl Checker {
             ordering_key,
             retry,
             concurrency: concurrency as usize,
+            fallback_queue: cfg.fallback == Some(types::Fallback::Queue),
         })
     }
 

@@ -43,6 +43,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// Queued routes: most deliveries at once per process.
     pub concurrency: usize,
+    /// Sync routes: store the message for later delivery when `to` fails retryably.
+    pub fallback_queue: bool,
 }
 
 /// A compiled step. `label` is the step's place for errors and logs, e.g. `steps[2].call`.
@@ -110,6 +112,8 @@ impl Plan {
 
     /// Whether any route is queued (and so needs the store and workers).
     pub fn has_queued_routes(&self) -> bool {
-        self.routes.iter().any(|r| r.delivery == Delivery::Queued)
+        self.routes
+            .iter()
+            .any(|r| r.delivery == Delivery::Queued || r.fallback_queue)
     }
 }

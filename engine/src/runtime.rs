@@ -55,6 +55,14 @@ pub enum RouteError {
     /// A system failed or answered a status the step does not accept (502/504).
     #[error("{label}: {error}")]
     Upstream { label: String, error: DeliveryError },
+    /// The destination failed retryably on a route with `fallback: queue`: the request is to
+    /// be stored for the workers (202), not failed.
+    #[error("to: {error} (deferred to the queue)")]
+    Deferred {
+        request: StoredRequest,
+        ordering_key: Option<String>,
+        error: DeliveryError,
+    },
     /// A condition could not be evaluated.
     #[error("{label}: condition failed: {message}")]
     Condition { label: String, message: String },
@@ -68,6 +76,7 @@ enum Flow {
 /// Runs `route` for one request.
 pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, RouteError> {
     let mut ctx = new_context(route, input.clone());
+    let input = &input;
     let mut ex = Exchange {
         plan,
         route,
@@ -78,7 +87,43 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
     }
     match &route.to {
         Some(to) => {
-            let resp = ex.call(to, "to", &ctx).await?;
+            let req = ex.render_request(to, "to", &ctx)?;
+            let deferred = route
+                .fallback_queue
+                .then(|| StoredRequest::from_request(&req));
+            let mut sent = req;
+            if let Ok(id) = HeaderValue::from_str(&input.message_id) {
+                sent.headers
+                    .push((HeaderName::from_static("x-tilts-message-id"), id));
+            }
+            let resp = match send(to, &route.id, "to", sent).await {
+                Ok(r) => r,
+                Err(RouteError::Upstream { label, error }) => {
+                    return Err(match deferred {
+                        Some(request)
+                            if error.retry() == tilts_adapters::contract::Retry::Retryable =>
+                        {
+                            let ordering_key =
+                                match &route.ordering_key {
+                                    Some(t) => Some(plan.mappings.render_string(t, &ctx).map_err(
+                                        |error| RouteError::Mapping {
+                                            label: "ordering_key".into(),
+                                            error,
+                                        },
+                                    )?),
+                                    None => None,
+                                };
+                            RouteError::Deferred {
+                                request,
+                                ordering_key,
+                                error,
+                            }
+                        }
+                        _ => RouteError::Upstream { label, error },
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             Ok(Reply {
                 status: resp.status,
                 content_type: resp
@@ -381,6 +426,25 @@ pub struct StoredRequest {
     pub body: Option<String>,
 }
 
+impl StoredRequest {
+    /// The durable form of a rendered request.
+    pub fn from_request(req: &HttpRequest) -> Self {
+        StoredRequest {
+            method: req.method.to_string(),
+            path: req.path.clone(),
+            headers: req
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            body: req
+                .body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+}
+
 /// What a queued route's ingress produces.
 #[derive(Debug)]
 pub struct Prepared {
@@ -425,18 +489,8 @@ pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepare
         }
         None => None,
     };
-    let request = StoredRequest {
-        method: req.method.to_string(),
-        path: req.path,
-        headers: req
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        body: req.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
-    };
     Ok(Prepared {
-        request,
+        request: StoredRequest::from_request(&req),
         ordering_key,
     })
 }

@@ -234,6 +234,34 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             }
             resp
         }
+        Ok(Err(RouteError::Deferred {
+            request,
+            ordering_key,
+            error,
+        })) => {
+            // `fallback: queue`: the destination failed in a way that may pass; the workers
+            // take over, with the same message id the first attempt carried.
+            tracing::warn!(route = %route.id, %error, "destination failed: queued for later delivery");
+            let first_retry = route.retry.delay(
+                1,
+                error.retry_after.map(Duration::from_secs),
+                crate::retry::random_unit(),
+            );
+            let prepared = runtime::Prepared {
+                request,
+                ordering_key,
+            };
+            store_message(
+                &state,
+                &route,
+                &message_id,
+                prepared,
+                None,
+                &bytes,
+                first_retry,
+            )
+            .await
+        }
         Ok(Err(e)) => problem_for(&e)
             .with_route(&route.id, &message_id)
             .into_response(),
@@ -251,7 +279,7 @@ async fn accept_queued(
     raw_body: &[u8],
 ) -> Response {
     let received_id = input.message_id.clone();
-    let Some(store) = &state.store else {
+    if state.store.is_none() {
         return Problem::new(
             503,
             "store-unavailable",
@@ -260,7 +288,7 @@ async fn accept_queued(
         )
         .with_route(&route.id, &received_id)
         .into_response();
-    };
+    }
     let prepared = match tokio::time::timeout(
         state.plan.settings.route_timeout.0,
         runtime::prepare(&state.plan, route, input),
@@ -284,8 +312,43 @@ async fn accept_queued(
             .into_response();
         }
     };
+    store_message(
+        state,
+        route,
+        &received_id,
+        prepared,
+        idempotency_key,
+        raw_body,
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Commits a message for the workers and answers 202 (or the problem that says why not).
+/// `delay` postpones the first delivery attempt (a deferred sync delivery already tried once).
+async fn store_message(
+    state: &AppState,
+    route: &Route,
+    received_id: &str,
+    prepared: runtime::Prepared,
+    idempotency_key: Option<String>,
+    raw_body: &[u8],
+    delay: Duration,
+) -> Response {
+    let Some(store) = &state.store else {
+        return Problem::new(
+            503,
+            "store-unavailable",
+            "Queued delivery is not available",
+            "this tilts runs without a store",
+        )
+        .for_route(&route.id)
+        .into_response();
+    };
     let payload = StorePayload::json(&serde_json::to_value(&prepared.request).unwrap_or_default());
-    let mut msg = NewMessage::new(route.id.clone(), payload.clone(), chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let mut msg = NewMessage::new(route.id.clone(), payload.clone(), now);
+    msg.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
     if let Ok(id) = received_id.parse() {
         msg.id = MessageId(id);
     }
@@ -379,6 +442,15 @@ pub fn problem_for(e: &RouteError) -> Problem {
                 "mapping-failed",
                 "The route could not map this message",
                 format!("{label} failed; the operator log has the details"),
+            )
+        }
+        RouteError::Deferred { error, .. } => {
+            // Only reached without a store; the server stores deferred messages itself.
+            Problem::new(
+                502,
+                "upstream-error",
+                "A system answered with an error",
+                format!("to: {error}"),
             )
         }
         RouteError::Condition { label, message } => {

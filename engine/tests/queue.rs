@@ -80,6 +80,7 @@ suite!(
     idempotent_repeat_returns_the_first_answer,
     conflicting_repeat_is_422,
     invalid_input_is_422_and_not_stored,
+    sync_route_falls_back_to_the_queue,
 );
 
 /// The mapped body's `message.id` is the id of the stored message (docs/routes.md: "the message
@@ -110,6 +111,51 @@ const OUTCOME: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
 // The cases.
+
+/// `fallback: queue`: a sync route answers the institution's reply when it can; on a failure
+/// that may pass it stores the message (202) and the workers deliver it with the same id the
+/// first attempt carried; a permanent failure still fails the caller (502), nothing stored.
+async fn sync_route_falls_back_to_the_queue(db: String) {
+    let t = Tilts::start(&db).await;
+    let path = "/v1/sync-cases";
+
+    // The institution answers: the caller gets its answer directly.
+    let r = t
+        .post(path, &application("CASE-SYNC-OK", 1, VALID_CODE), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let answer: Value = r.json().await.unwrap();
+    assert!(answer["caseNumber"].is_string(), "{answer:#}");
+
+    // It fails with 503 (twice: the sync attempt and the first queued one): 202, then delivered.
+    t.sim().clear_requests();
+    t.sim().faults().fail_next(2, 503);
+    let id = t
+        .accept(path, &application("CASE-SYNC-LATER", 1, VALID_CODE), None)
+        .await;
+    let view = t.wait_state(id, MessageState::Delivered).await;
+    assert_eq!(outcomes(&view), ["retry", "delivered"], "{view:#?}");
+    let got = t.sim().requests();
+    assert_eq!(got.len(), 3, "sync attempt + 2 queued attempts: {got:#?}");
+    for r in &got {
+        assert_eq!(
+            r.header("x-tilts-message-id"),
+            Some(id.to_string().as_str())
+        );
+        assert_mapped(r, "CASE-SYNC-LATER", 1, VALID_CODE);
+    }
+
+    // A permanent failure is the caller's answer, not a queued message.
+    t.sim().clear_requests();
+    t.sim().faults().fail_next(1, 400);
+    let r = t
+        .post(path, &application("CASE-SYNC-BAD", 1, VALID_CODE), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let stats = t.store().counts().await.unwrap();
+    assert_eq!(stats.pending + stats.dead, 0, "{stats:?}");
+    t.stop().await;
+}
 
 async fn retry_then_success(db: String) {
     let t = Tilts::start(&db).await;

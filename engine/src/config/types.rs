@@ -187,6 +187,11 @@ pub struct RouteConfig {
     /// Queued routes: most deliveries of this route at once per tilts process. Default 8.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Sync routes with `to`: `queue` makes a retryable failure of the destination (timeout,
+    /// connect error, 5xx, 429) store the message for delivery by the workers and answer 202,
+    /// instead of failing the caller with 502/504.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
     /// The ordered steps every request goes through.
     #[serde(default)]
     pub steps: Vec<Step>,
@@ -206,6 +211,14 @@ pub enum Delivery {
     /// The caller gets 202 and a message id once the message is committed to the store;
     /// workers deliver it to `to`, retrying with backoff, then dead-lettering.
     Queued,
+}
+
+/// What a sync route does when its destination fails in a way that may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Store the message and deliver it later, as a queued route would; answer 202.
+    Queue,
 }
 
 /// Retry policy of a queued route. Delays grow as `initial * multiplier^(attempt-1)`, capped
