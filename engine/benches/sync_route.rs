@@ -273,6 +273,8 @@ fn run() -> anyhow::Result<()> {
         println!("(BENCH_PROFILE=1 also measures route variants and the cost of each step.)");
     }
 
+    println!();
+    println!("load average at the end: {}", load_average());
     let _ = stop_tilts.send(());
     drop(plan);
     Ok(())
@@ -286,6 +288,10 @@ fn print_header(s: &Settings, cpus: usize) {
     println!("tilts benchmark: sync route, validate + map + call + map, against the direct call");
     println!("==============================================================================");
     println!("machine:   {cpus} CPUs (nproc), {}", cpu_model());
+    println!(
+        "           load average at start: {} (other processes compete for the same cores and add noise)",
+        load_average()
+    );
     println!(
         "setup:     the load generator, tilts and the upstream simulator run in THIS process, \
          {} ({} worker threads each);",
@@ -315,6 +321,13 @@ fn print_header(s: &Settings, cpus: usize) {
             "no log subscriber (tilts serve logs one line per request; BENCH_LOG=1 includes it)"
         }
     );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn cpu_model() -> String {
@@ -656,7 +669,7 @@ struct Latencies {
 
 /// Most requests the open loop keeps in flight; beyond that the system is not keeping up with
 /// the rate, and a request is counted as failed instead of opening yet another connection.
-const MAX_IN_FLIGHT: usize = 4096;
+const MAX_IN_FLIGHT: usize = 1000;
 
 /// Open loop: request i is due at `start + i / rate` whatever happened to the earlier ones; its
 /// latency runs from that due time to the end of its answer.
@@ -690,7 +703,7 @@ fn open_loop(
         let measured = due >= m_start;
         scheduled += u64::from(measured);
         if measured && usage_start.is_none() {
-            usage_start = Some(thread_usage());
+            usage_start = Some((Instant::now(), thread_usage()));
         }
         if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
             errors.lock().unwrap().add(format!(
@@ -712,11 +725,11 @@ fn open_loop(
             }
         }));
     }
-    let usage_end = thread_usage();
+    let (since, usage_start) = usage_start.unwrap_or_else(|| (Instant::now(), BTreeMap::new()));
     let usage = Window {
         requests: scheduled,
-        secs: measure.as_secs_f64(),
-        parts: usage_delta(&usage_start.unwrap_or_default(), &usage_end),
+        secs: since.elapsed().as_secs_f64(),
+        parts: usage_delta(&usage_start, &thread_usage()),
     };
     rt.block_on(async {
         for t in tasks {
