@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+// A request allocates many small JSON values; glibc's allocator spent about a fifth of tilts'
+// CPU on them in the sync-route benchmark (engine/benches/sync_route.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tilts_engine::logging::{self, LogFormat};
 use tilts_engine::{check, demo, server, service};
 
