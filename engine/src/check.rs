@@ -102,6 +102,8 @@ struct Checker {
     templates: HashMap<String, Option<TemplateRef>>,
     schemas: HashMap<String, Option<Arc<Schema>>>,
     system_names: Vec<String>,
+    /// `server.lease`, which every system's timeout must stay under.
+    lease: Duration,
 }
 
 impl Checker {
@@ -122,6 +124,7 @@ impl Checker {
             templates: HashMap::new(),
             schemas: HashMap::new(),
             system_names: Vec::new(),
+            lease: Duration::from_secs(120),
         }
     }
 
@@ -453,6 +456,10 @@ impl Checker {
                 None,
             );
         }
+        self.lease = s.lease.0;
+        if s.lease.0 < Duration::from_secs(1) {
+            self.push("/server/lease", "`lease` must be at least 1s", None);
+        }
         self.mappings_dir = self.base_dir.join(&s.mappings);
         if !self.mappings_dir.is_dir() {
             let ptr = if self.located.value["server"]["mappings"].is_null() {
@@ -478,6 +485,13 @@ impl Checker {
         cfg: &types::SystemConfig,
     ) -> Option<HttpSystem> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
+        if timeout >= self.lease {
+            self.push(
+                &format!("{ptr}/timeout"),
+                format!("a delivery to `{name}` may take longer than `server.lease` ({:?}): another worker would deliver the message again while it is still in flight", self.lease),
+                Some("make `server.lease` longer than every system's timeout".into()),
+            );
+        }
         let connect_timeout = cfg
             .connect_timeout
             .map(|d| d.0)

@@ -105,6 +105,7 @@ pub async fn start(plan: Plan, opts: StartOptions) -> anyhow::Result<Running> {
         if !opts.no_workers {
             let wopts = opts.workers.clone().unwrap_or_else(|| WorkerOptions {
                 concurrency: plan.settings.workers as usize,
+                lease: plan.settings.lease.0,
                 ..WorkerOptions::default()
             });
             tasks.push(tokio::spawn(worker::run(

@@ -215,19 +215,42 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
         error_text,
         request: None,
     };
-    let recorded = tokio::time::timeout(
-        STORE_CALL_TIMEOUT,
-        store.record_attempt(msg.id, msg.lease_token, record),
-    )
-    .await;
-    match recorded.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))) {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost(_)) => {
-            tracing::warn!(message_id = %id, "lease expired during delivery: another worker owns the message now");
-        }
-        Err(e) => {
-            // The lease will expire and the message will be delivered again (at least once).
-            tracing::error!(message_id = %id, error = %e, "cannot record the attempt; the message will be retried when its lease expires");
+    // The delivery has happened; losing its record means delivering it again after the lease.
+    // So a store that is briefly away (a PostgreSQL restart) is waited for, within the lease.
+    let mut backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let recorded = tokio::time::timeout(
+            STORE_CALL_TIMEOUT,
+            store.record_attempt(msg.id, msg.lease_token, record.clone()),
+        )
+        .await;
+        match recorded.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))) {
+            Ok(()) => return,
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(message_id = %id, "lease expired during delivery: another worker owns the message now");
+                return;
+            }
+            Err(e) if e.is_unavailable() => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                let deadline =
+                    msg.lease_until - chrono::Duration::from_std(wait).unwrap_or_default();
+                if Utc::now() >= deadline {
+                    tracing::error!(message_id = %id, error = %e, "cannot record the attempt before the lease ends; the message will be delivered again");
+                    return;
+                }
+                tracing::warn!(message_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the attempt yet: store unavailable");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                // The lease will expire and the message will be delivered again (at least once).
+                tracing::error!(message_id = %id, error = %e, "cannot record the attempt; the message will be delivered again when its lease expires");
+                return;
+            }
         }
     }
 }

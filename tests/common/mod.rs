@@ -85,11 +85,25 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// How [`Tilts::try_launch`] starts the binary, beyond what [`Tilts::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The store URL; `None`: a fresh SQLite file in a temporary folder of the process's own.
+    pub database: Option<String>,
+    /// The ingress address; `None`: `127.0.0.1:0`.
+    pub listen: Option<String>,
+    /// More environment variables, set after the defaults (so they may override them, e.g.
+    /// `SOCIAL_SERVICES_URL`).
+    pub env: Vec<(String, String)>,
+}
+
 /// A running `tilts serve` child process. Dropping it kills the process if it still runs.
 pub struct Tilts {
     child: Child,
     pub addr: SocketAddr,
     pub base: String,
+    /// `http://<admin address>`, from the line tilts prints after the listening line.
+    pub admin_base: Option<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
@@ -101,16 +115,34 @@ impl Tilts {
     /// Starts `tilts serve --config <config> --listen 127.0.0.1:0` against the simulators, with
     /// `TILTS_LOG=<log>`, and waits until it prints the line with its address.
     pub async fn start(config: &Path, sims: &Simulators, log: &str) -> Tilts {
+        Tilts::try_launch(config, sims, log, &Launch::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tilts::start`] with the settings of `launch` (a given store, a fixed address, more
+    /// environment). An error (the process exited or did not listen in time) carries its stderr;
+    /// the process is gone by then.
+    pub async fn try_launch(
+        config: &Path,
+        sims: &Simulators,
+        log: &str,
+        launch: &Launch,
+    ) -> Result<Tilts, String> {
         // Each process gets its own store and admin port, so tests can run side by side.
         let data = tempfile::tempdir().expect("tempdir for the store");
-        let database = format!("sqlite://{}/tilts.db", data.path().display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tilts"))
+        let database = launch
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/tilts.db", data.path().display()));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tilts"));
+        command
             .current_dir(repo_root())
             .arg("serve")
             .arg("--config")
             .arg(config)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(launch.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--database")
@@ -123,7 +155,11 @@ impl Tilts {
             .env("TILTS_LOG", log)
             .env("ENTERPRISE_REGISTER_URL", sims.enterprise_register.url())
             .env("ADDRESS_REGISTER_URL", sims.address_register.url())
-            .env("SOCIAL_SERVICES_URL", sims.social_services.url())
+            .env("SOCIAL_SERVICES_URL", sims.social_services.url());
+        for (k, v) in &launch.env {
+            command.env(k, v);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,6 +193,7 @@ impl Tilts {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             base: String::new(),
+            admin_base: None,
             stderr,
             stderr_reader: Some(stderr_reader),
             exit: None,
@@ -169,35 +206,75 @@ impl Tilts {
                     if let Some(url) = line.trim().strip_prefix("listening on http://") {
                         tilts.addr = url.parse().expect("address in the listening line");
                         tilts.base = format!("http://{url}");
-                        return tilts;
+                        // The admin API's line follows at once (a store is always open here).
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while Instant::now() < until {
+                            match rx.try_recv() {
+                                Ok(line) => {
+                                    if let Some(a) =
+                                        line.trim().strip_prefix("admin API on http://")
+                                    {
+                                        tilts.admin_base = Some(format!("http://{a}"));
+                                        break;
+                                    }
+                                }
+                                Err(mpsc::TryRecvError::Empty) => {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                                Err(mpsc::TryRecvError::Disconnected) => break,
+                            }
+                        }
+                        return Ok(tilts);
                     }
                 }
                 Err(mpsc::TryRecvError::Empty) => {
                     if let Some(status) = tilts.child.try_wait().expect("try_wait") {
                         tilts.exit = Some(status);
-                        panic!(
+                        tilts.join_stderr();
+                        return Err(format!(
                             "tilts exited ({status}) before listening; stderr:\n{}",
                             tilts.logs()
-                        );
+                        ));
                     }
-                    assert!(
-                        Instant::now() < deadline,
-                        "tilts did not print its address within {START_DEADLINE:?}; stderr:\n{}",
-                        tilts.logs()
-                    );
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "tilts did not print its address within {START_DEADLINE:?}; stderr:\n{}",
+                            tilts.logs()
+                        ));
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(mpsc::TryRecvError::Disconnected) => {
                     // stdout closed: the process is exiting.
                     let status = tilts.child.wait().expect("wait");
                     tilts.exit = Some(status);
-                    panic!(
+                    tilts.join_stderr();
+                    return Err(format!(
                         "tilts closed stdout ({status}) before listening; stderr:\n{}",
                         tilts.logs()
-                    );
+                    ));
                 }
             }
         }
+    }
+
+    /// Waits (briefly) until the stderr reader has read everything of an exited process.
+    fn join_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// SIGKILL (`kill -9`: no shutdown at all, as a crash or the OOM killer), then waits until
+    /// the process is gone. Afterwards the whole of its stderr has been read.
+    pub async fn sigkill(&mut self) {
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL failed: {status}");
+        self.wait_exit(Duration::from_secs(15)).await;
     }
 
     pub fn pid(&self) -> u32 {
@@ -207,6 +284,15 @@ impl Tilts {
     /// Full URL of a path on this tilts.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Full URL of a path on this tilts' admin API.
+    pub fn admin_url(&self, path: &str) -> String {
+        let base = self
+            .admin_base
+            .as_deref()
+            .expect("tilts printed no admin API address");
+        format!("{base}{path}")
     }
 
     /// Sends SIGTERM (as systemd or Kubernetes would).

@@ -62,6 +62,11 @@ pub struct ServerSettings {
     /// Deliveries running at once in this process, over all queued routes. Default `32`.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// How long a worker holds a message it is delivering. If the process dies, another worker
+    /// delivers the message once the lease runs out; it must be longer than the longest
+    /// delivery (every system's `timeout`). Default `2m`.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
     /// How long a delivered message's payload is kept before it is purged (its metadata stays
     /// for reports). Default `7d`.
     #[serde(default = "default_retention")]
@@ -79,6 +84,7 @@ impl Default for ServerSettings {
             database: default_database(),
             admin_listen: default_admin_listen(),
             workers: default_workers(),
+            lease: default_lease(),
             retention: default_retention(),
         }
     }
@@ -106,6 +112,9 @@ fn default_admin_listen() -> String {
 }
 fn default_workers() -> u32 {
     32
+}
+fn default_lease() -> Dur {
+    Dur(Duration::from_secs(120))
 }
 fn default_retention() -> Dur {
     Dur(Duration::from_secs(7 * 86400))
