@@ -58,7 +58,7 @@ impl RetryPolicy {
 
     /// The delay after failed attempt number `attempt` (1-based), before jitter.
     pub fn base_delay(&self, attempt: u32) -> Duration {
-        ExponentialBuilder::new()
+        let d = ExponentialBuilder::new()
             .with_min_delay(self.initial)
             .with_factor(self.multiplier as f32)
             .with_max_delay(self.max_delay)
@@ -66,7 +66,9 @@ impl RetryPolicy {
             .build()
             .nth(attempt.saturating_sub(1) as usize)
             .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+            .min(self.max_delay);
+        // backon multiplies in f32: round away its noise (300.000012ms) to whole microseconds.
+        Duration::from_micros((d.as_nanos() as f64 / 1000.0).round() as u64)
     }
 
     /// The delay after failed attempt `attempt`, with jitter (`unit` in `[0, 1)`, random in
