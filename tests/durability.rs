@@ -50,11 +50,9 @@ const LEASE: Duration = Duration::from_secs(8);
 
 /// These tests load the machine, kill processes and restart PostgreSQL: they run one at a
 /// time even when the test harness runs tests in parallel.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// The shipped routes.yaml with the short [`LEASE`], written once per test process.
@@ -596,7 +594,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_postgres() {
-    let _serial = serial();
+    let _serial = serial().await;
     const COUNT: usize = 10_000;
     let Some(url) = pg_url_or_skip("two_processes_share_one_postgres") else {
         return;
@@ -845,7 +843,7 @@ mod kill_9_under_load_loses_nothing {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
-        let _serial = super::serial();
+        let _serial = super::serial().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/tilts.db", dir.path().display());
         kill_9_under_load(url, "SQLite").await;
@@ -853,7 +851,7 @@ mod kill_9_under_load_loses_nothing {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let _serial = super::serial();
+        let _serial = super::serial().await;
         let Some(url) = pg_url_or_skip("kill_9_under_load_loses_nothing::postgres") else {
             return;
         };
@@ -867,7 +865,7 @@ mod kill_9_under_load_loses_nothing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_under_load_loses_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     const COUNT: usize = 2_000;
     const RESTARTS: usize = 2;
     let Some(url) = pg_url_or_skip("postgres_restart_under_load_loses_nothing") else {

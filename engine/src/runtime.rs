@@ -57,12 +57,8 @@ pub enum RouteError {
     Upstream { label: String, error: DeliveryError },
     /// The destination failed retryably on a route with `fallback: queue`: the request is to
     /// be stored for the workers (202), not failed.
-    #[error("to: {error} (deferred to the queue)")]
-    Deferred {
-        request: StoredRequest,
-        ordering_key: Option<String>,
-        error: DeliveryError,
-    },
+    #[error("to: {} (deferred to the queue)", .0.error)]
+    Deferred(Box<Deferred>),
     /// A condition could not be evaluated.
     #[error("{label}: condition failed: {message}")]
     Condition { label: String, message: String },
@@ -113,11 +109,11 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                                     )?),
                                     None => None,
                                 };
-                            RouteError::Deferred {
+                            RouteError::Deferred(Box::new(Deferred {
                                 request,
                                 ordering_key,
                                 error,
-                            }
+                            }))
                         }
                         _ => RouteError::Upstream { label, error },
                     });
@@ -443,6 +439,15 @@ impl StoredRequest {
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
         }
     }
+}
+
+/// A sync delivery handed over to the queue (`fallback: queue`).
+#[derive(Debug)]
+pub struct Deferred {
+    pub request: StoredRequest,
+    pub ordering_key: Option<String>,
+    /// Why the destination failed.
+    pub error: DeliveryError,
 }
 
 /// What a queued route's ingress produces.

@@ -234,11 +234,12 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             }
             resp
         }
-        Ok(Err(RouteError::Deferred {
-            request,
-            ordering_key,
-            error,
-        })) => {
+        Ok(Err(RouteError::Deferred(deferred))) => {
+            let runtime::Deferred {
+                request,
+                ordering_key,
+                error,
+            } = *deferred;
             // `fallback: queue`: the destination failed in a way that may pass; the workers
             // take over, with the same message id the first attempt carried.
             tracing::warn!(route = %route.id, %error, "destination failed: queued for later delivery");
@@ -444,7 +445,8 @@ pub fn problem_for(e: &RouteError) -> Problem {
                 format!("{label} failed; the operator log has the details"),
             )
         }
-        RouteError::Deferred { error, .. } => {
+        RouteError::Deferred(d) => {
+            let error = &d.error;
             // Only reached without a store; the server stores deferred messages itself.
             Problem::new(
                 502,
