@@ -32,7 +32,6 @@
 //! - `BENCH_LOG=1` install tilts' logging (one line per request on stderr, as `tilts serve`
 //!   does); redirect stderr, e.g. `2>/dev/null`
 
-
 // The same allocator as the `tilts` binary (engine/src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
