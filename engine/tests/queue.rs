@@ -13,14 +13,12 @@
 //! classes).
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::FutureExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tilts_adapters::sim::{RecordedRequest, SimServer, Simulators};
@@ -31,6 +29,9 @@ use tilts_engine::worker::WorkerOptions;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+mod support;
+use support::{with_postgres_url as on_postgres, with_sqlite_url as on_sqlite};
 
 /// Generates one test per case and backend: `sqlite::case` and `postgres::case`.
 macro_rules! suite {
@@ -1214,60 +1215,6 @@ fn authority(url: &str) -> (usize, usize) {
 
 // ---------------------------------------------------------------------------------------------
 // The backends.
-
-/// Runs `case` on a store in a temporary SQLite file.
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    case(format!(
-        "sqlite://{}",
-        dir.path().join("queue.db").display()
-    ))
-    .await;
-}
-
-/// Runs `case` on a schema of its own in `TILTS_TEST_DATABASE_URL`, and drops the schema
-/// afterwards, also when the case fails.
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Ok(url) = std::env::var("TILTS_TEST_DATABASE_URL") else {
-        eprintln!("skipped: TILTS_TEST_DATABASE_URL is not set");
-        return;
-    };
-    use sqlx::Executor;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("TILTS_TEST_DATABASE_URL is set but the database is unreachable: {e}")
-        });
-    let schema = format!("tilts_queue_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store_url = format!("{url}{sep}options[search_path]={schema}");
-    // Caught here rather than by a spawned task, so a case's future need not be `Send`.
-    let outcome = std::panic::AssertUnwindSafe(case(store_url))
-        .catch_unwind()
-        .await;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-    admin.close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 #[test]
 fn url_rewriting() {

@@ -5,7 +5,6 @@
 //! Time is passed explicitly (`now`), never slept.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -14,6 +13,9 @@ use tilts_engine::store::{
     Attempt, Idempotency, MessageFilter, MessageId, MessageState, NewMessage, Outcome, Payload,
     Store, StoreError, StoreOptions,
 };
+
+mod support;
+use support::{on_postgres, on_sqlite};
 
 /// Generates one test per case and backend: `sqlite::case` and `postgres::case`.
 macro_rules! compliance {
@@ -782,67 +784,3 @@ async fn bad_urls_are_rejected() {
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
-
-/// Runs `case` on a store in a fresh SQLite file.
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("store.db").display()
-    ))
-    .await
-    .unwrap();
-    case(store.clone()).await;
-    store.close().await;
-}
-
-/// Runs `case` on a store in a schema of its own in `TILTS_TEST_DATABASE_URL`, and drops the
-/// schema afterwards, also when the case fails.
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Ok(url) = std::env::var("TILTS_TEST_DATABASE_URL") else {
-        eprintln!("skipped: TILTS_TEST_DATABASE_URL is not set");
-        return;
-    };
-    use sqlx::Executor;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("TILTS_TEST_DATABASE_URL is set but the database is unreachable: {e}")
-        });
-    let schema = format!("tilts_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store_url = format!("{url}{sep}options[search_path]={schema}");
-    let store = Store::open(&store_url).await;
-    let outcome = match store {
-        Ok(store) => {
-            let run = tokio::spawn(case(store.clone())).await;
-            store.close().await;
-            run.map_err(|e| e.into_panic())
-        }
-        Err(e) => {
-            Err(Box::new(format!("cannot open the store: {e}")) as Box<dyn std::any::Any + Send>)
-        }
-    };
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
-    admin.close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
