@@ -74,6 +74,28 @@ impl Problem {
         )
     }
 
+    /// A queued route in a tilts that has no store.
+    pub fn no_store() -> Self {
+        Problem::new(
+            503,
+            "store-unavailable",
+            "Queued delivery is not available",
+            "this tilts runs without a store",
+        )
+    }
+
+    /// The store cannot take the message now; the caller should send it again.
+    pub fn store_unavailable() -> Self {
+        let mut p = Problem::new(
+            503,
+            "store-unavailable",
+            "tilts cannot store the message now",
+            "the message was not accepted; send it again later",
+        );
+        p.retry_after = Some(5);
+        p
+    }
+
     pub fn invalid(errors: Vec<Violation>) -> Self {
         let mut p = Problem::new(
             422,

@@ -281,14 +281,9 @@ async fn accept_queued(
 ) -> Response {
     let received_id = input.message_id.clone();
     if state.store.is_none() {
-        return Problem::new(
-            503,
-            "store-unavailable",
-            "Queued delivery is not available",
-            "this tilts runs without a store",
-        )
-        .with_route(&route.id, &received_id)
-        .into_response();
+        return Problem::no_store()
+            .with_route(&route.id, &received_id)
+            .into_response();
     }
     let prepared = match tokio::time::timeout(
         state.plan.settings.route_timeout.0,
@@ -337,14 +332,7 @@ async fn store_message(
     delay: Duration,
 ) -> Response {
     let Some(store) = &state.store else {
-        return Problem::new(
-            503,
-            "store-unavailable",
-            "Queued delivery is not available",
-            "this tilts runs without a store",
-        )
-        .for_route(&route.id)
-        .into_response();
+        return Problem::no_store().for_route(&route.id).into_response();
     };
     let payload = StorePayload::json(&serde_json::to_value(&prepared.request).unwrap_or_default());
     let now = chrono::Utc::now();
@@ -364,14 +352,9 @@ async fn store_message(
     // forever: past this, the caller gets 503 and sends again.
     let Ok(enqueued) = tokio::time::timeout(STORE_TIMEOUT, store.enqueue(msg)).await else {
         tracing::error!(route = %route.id, timeout_s = STORE_TIMEOUT.as_secs(), "the store did not answer in time");
-        let mut p = Problem::new(
-            503,
-            "store-unavailable",
-            "tilts cannot store the message now",
-            "the message was not accepted; send it again later",
-        );
-        p.retry_after = Some(5);
-        return p.for_route(&route.id).into_response();
+        return Problem::store_unavailable()
+            .for_route(&route.id)
+            .into_response();
     };
     match enqueued {
         Ok(enq) => {
@@ -396,9 +379,7 @@ async fn store_message(
         .into_response(),
         Err(e) => {
             tracing::error!(route = %route.id, error = %e, unavailable = e.is_unavailable(), "cannot store a message");
-            let mut p = Problem::new(503, "store-unavailable", "tilts cannot store the message now", "the message was not accepted; send it again later");
-            p.retry_after = Some(5);
-            p.for_route(&route.id).into_response()
+            Problem::store_unavailable().for_route(&route.id).into_response()
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::Utc;
 use tilts_adapters::contract::Retry;
 use tokio::sync::{Semaphore, watch};
@@ -71,12 +71,7 @@ pub async fn run(
     let mut listener = None;
     let mut in_flight = JoinSet::new();
     // Backoff for an unreachable store, in-process (nothing durable depends on it).
-    let mut store_backoff = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut store_backoff = store_backoff_schedule();
     tracing::info!(worker = %opts.worker_id, concurrency = opts.concurrency, "delivery workers started");
     loop {
         if *shutdown.borrow() {
@@ -99,12 +94,7 @@ pub async fn run(
                 .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
             {
                 Ok(c) => {
-                    store_backoff = ExponentialBuilder::new()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(10))
-                        .with_jitter()
-                        .without_max_times()
-                        .build();
+                    store_backoff = store_backoff_schedule();
                     c
                 }
                 Err(e) => {
@@ -166,6 +156,17 @@ pub async fn run(
         "workers stopping: finishing deliveries in flight"
     );
     while in_flight.join_next().await.is_some() {}
+}
+
+/// Waits between claims while the store is unreachable (in-process: nothing durable depends on
+/// it); restarted after every successful claim.
+fn store_backoff_schedule() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// One delivery attempt and its record.
