@@ -15,30 +15,9 @@ use serde_json::{Value, json};
 use tilts_engine::store::{Attempt, MessageId, NewMessage, Outcome, Payload, Store};
 use tower::ServiceExt as _;
 
+#[macro_use]
 mod support;
 use support::{on_postgres, on_sqlite};
-
-/// Generates one test per case and backend: `sqlite::case` and `postgres::case`.
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     get_shows_state_and_attempts,

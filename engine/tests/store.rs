@@ -14,32 +14,11 @@ use tilts_engine::store::{
     Store, StoreError, StoreOptions,
 };
 
+#[macro_use]
 mod support;
 use support::{on_postgres, on_sqlite};
 
-/// Generates one test per case and backend: `sqlite::case` and `postgres::case`.
-macro_rules! compliance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
-
-compliance!(
+on_both_stores!(
     enqueue_claim_deliver,
     retry_schedules_next_attempt,
     dead_letter_keeps_attempts,

@@ -98,3 +98,27 @@ where
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Generates one test per case and backend: `sqlite::case` and `postgres::case`, each calling
+/// `on_sqlite(case)` / `on_postgres(case)` of the test file.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
