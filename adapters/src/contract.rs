@@ -29,6 +29,10 @@ pub enum FailureKind {
     Protocol,
     /// The request could not be built from the message (bad URL, header value).
     Request,
+    /// The peer answered with a SOAP Fault (whatever the HTTP status). The class comes from the
+    /// fault code: a `Server`/`Receiver` fault may pass, anything else will not (see
+    /// `soap::Fault::retry`).
+    Fault(Retry),
 }
 
 impl FailureKind {
@@ -40,6 +44,7 @@ impl FailureKind {
             FailureKind::Status(_) => "status",
             FailureKind::Protocol => "protocol",
             FailureKind::Request => "request",
+            FailureKind::Fault(_) => "fault",
         }
     }
 
@@ -49,6 +54,7 @@ impl FailureKind {
             FailureKind::Connect | FailureKind::Timeout => Retry::Retryable,
             FailureKind::Status(code) => retry_for_status(*code),
             FailureKind::Protocol | FailureKind::Request => Retry::Permanent,
+            FailureKind::Fault(retry) => *retry,
         }
     }
 }
@@ -113,6 +119,15 @@ mod tests {
         assert_eq!(FailureKind::Timeout.retry(), Retry::Retryable);
         assert_eq!(FailureKind::Connect.retry(), Retry::Retryable);
         assert_eq!(FailureKind::Protocol.retry(), Retry::Permanent);
+        assert_eq!(
+            FailureKind::Fault(Retry::Retryable).retry(),
+            Retry::Retryable
+        );
+        assert_eq!(
+            FailureKind::Fault(Retry::Permanent).retry(),
+            Retry::Permanent
+        );
+        assert_eq!(FailureKind::Fault(Retry::Permanent).name(), "fault");
     }
 
     #[test]
