@@ -3,13 +3,22 @@
 //! The adapter never retries and never sleeps: it reports a [`DeliveryError`] with a class and the
 //! engine decides (see `contract`). Error texts are built without URLs or bodies, because an
 //! integrator may put a personal code in a path.
+//!
+//! A system may use client TLS ([`crate::tls::ClientTls`]: client certificate, extra CAs) and an
+//! access token from a token endpoint ([`crate::token::TokenSource`]). With a token source, every
+//! request carries `Authorization: Bearer <token>` from the system's [`TokenCache`]; when the
+//! system answers 401 to a cached token, the token is dropped, a new one fetched and the request
+//! sent exactly once more (a token revoked early is not a delivery failure). A failed handshake
+//! is a `Connect` failure whose detail starts with "TLS handshake failed".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::contract::{DeliveryError, FailureKind};
+use crate::token::TokenCache;
 
 /// Largest answer body tilts reads from a peer; a larger one is a protocol failure.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -46,8 +55,13 @@ pub struct HttpSystemSpec {
     pub connect_timeout: Duration,
     /// Headers sent with every request to this system.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Authentication.
+    /// Static authentication. Ignored when `token` is set (the token takes the
+    /// `Authorization` header).
     pub auth: Option<HttpAuth>,
+    /// Client certificate and extra trusted CAs; `None` uses the built-in roots only.
+    pub tls: Option<crate::tls::ClientTls>,
+    /// Where to get access tokens from; each request then carries `Authorization: Bearer`.
+    pub token: Option<crate::token::TokenSource>,
 }
 
 /// One request to a system.
@@ -96,24 +110,36 @@ impl HttpResponse {
 /// A client for one declared system. Cheap to clone (the connection pool is shared).
 #[derive(Debug, Clone)]
 pub struct HttpSystem {
-    spec: std::sync::Arc<HttpSystemSpec>,
+    spec: Arc<HttpSystemSpec>,
     client: reqwest::Client,
+    /// Shared by all clones, so the whole process makes one token request per expiry.
+    tokens: Option<Arc<TokenCache>>,
 }
 
 impl HttpSystem {
-    /// Builds the client. Fails only on a TLS/backend setup problem.
+    /// Builds the client (with the system's TLS settings). Fails only on a TLS/backend setup
+    /// problem.
     pub fn new(spec: HttpSystemSpec) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(spec.timeout)
             .connect_timeout(spec.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .user_agent(concat!("tilts/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("tilts/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = &spec.tls {
+            builder = tls.apply(builder);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client for '{}': {e}", spec.name))?;
+        let tokens = spec
+            .token
+            .clone()
+            .map(|source| Arc::new(TokenCache::new(spec.name.clone(), source)));
         Ok(Self {
-            spec: std::sync::Arc::new(spec),
+            spec: Arc::new(spec),
             client,
+            tokens,
         })
     }
 
@@ -128,25 +154,47 @@ impl HttpSystem {
     }
 
     /// Sends one request and reads the whole answer. Any HTTP status is `Ok`; only a failure to
-    /// get an answer is an `Err`.
+    /// get an answer (or, with a token source, to get a token) is an `Err`.
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, DeliveryError> {
+        let Some(tokens) = &self.tokens else {
+            return self.send_once(&req, None).await;
+        };
+        let token = tokens.get(&self.client).await?;
+        let resp = self.send_once(&req, Some(&token)).await?;
+        if resp.status != 401 {
+            return Ok(resp);
+        }
+        // The token was revoked or expired early: one new token, one more try.
+        tracing::debug!(system = %self.spec.name, "401 with a cached token; fetching a new one");
+        tokens.invalidate_token(&token).await;
+        let token = tokens.get(&self.client).await?;
+        self.send_once(&req, Some(&token)).await
+    }
+
+    async fn send_once(
+        &self,
+        req: &HttpRequest,
+        token: Option<&str>,
+    ) -> Result<HttpResponse, DeliveryError> {
         let url = self.url_for(&req.path);
-        let mut builder = self.client.request(req.method, &url);
+        let mut builder = self.client.request(req.method.clone(), &url);
         for (k, v) in &self.spec.headers {
             builder = builder.header(k, v);
         }
-        for (k, v) in req.headers {
+        for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
-        builder = match &self.spec.auth {
-            Some(HttpAuth::Bearer(token)) => builder.bearer_auth(token),
-            Some(HttpAuth::Basic { username, password }) => {
+        builder = match (token, &self.spec.auth) {
+            (Some(token), _) => builder.bearer_auth(token),
+            (None, Some(HttpAuth::Bearer(token))) => builder.bearer_auth(token),
+            (None, Some(HttpAuth::Basic { username, password })) => {
                 builder.basic_auth(username, Some(password))
             }
-            None => builder,
+            (None, None) => builder,
         };
-        if let Some(body) = req.body {
-            builder = builder.body(body);
+        if let Some(body) = &req.body {
+            // Bytes clone is a reference count, not a copy.
+            builder = builder.body(body.clone());
         }
         if let Some(t) = req.timeout {
             builder = builder.timeout(t);
@@ -186,8 +234,8 @@ impl HttpSystem {
     fn classify(&self, e: &reqwest::Error) -> DeliveryError {
         let (kind, detail) = if e.is_timeout() {
             (FailureKind::Timeout, "no answer in time".to_string())
-        } else if e.is_connect() {
-            (FailureKind::Connect, source_text(e))
+        } else if e.is_connect() || is_tls_failure(e) {
+            (FailureKind::Connect, failure_text(e))
         } else if e.is_builder() {
             (
                 FailureKind::Request,
@@ -201,6 +249,46 @@ impl HttpSystem {
         };
         self.error(kind, &detail)
     }
+}
+
+/// Operator text for a transport failure: "TLS handshake failed: <reason>" when TLS refused the
+/// connection (unknown CA, missing or rejected client certificate), else the innermost cause.
+/// Never contains a URL.
+pub(crate) fn failure_text(e: &reqwest::Error) -> String {
+    match tls_cause(e) {
+        Some(cause) => format!("TLS handshake failed: {cause}"),
+        None => source_text(e),
+    }
+}
+
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    tls_cause(e).is_some()
+}
+
+/// The rustls error somewhere in the cause chain. An `io::Error` does not list the error it
+/// wraps as its source, so wrapped errors are looked into explicitly.
+fn tls_cause(e: &reqwest::Error) -> Option<&rustls::Error> {
+    find_tls_cause(e)
+}
+
+fn find_tls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    // Cause chains are a handful of links long; the depth bound only guards against cycles.
+    let mut next = Some(e);
+    for _ in 0..16 {
+        let err = next?;
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(tls) = find_tls_cause(inner)
+        {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// The innermost cause of a reqwest error, without the URL (which may carry personal data).
@@ -268,6 +356,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             headers: vec![],
             auth: None,
+            tls: None,
+            token: None,
         })
         .unwrap();
         let err = sys
@@ -283,5 +373,227 @@ mod tests {
         assert_eq!(err.kind, FailureKind::Connect);
         assert_eq!(err.retry(), crate::contract::Retry::Retryable);
         assert!(!err.to_string().contains("010190"), "{err}");
+    }
+
+    fn spec(name: &str, base_url: String) -> HttpSystemSpec {
+        HttpSystemSpec {
+            name: name.into(),
+            base_url,
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            headers: vec![],
+            auth: None,
+            tls: None,
+            token: None,
+        }
+    }
+
+    fn get(path: &str) -> HttpRequest {
+        HttpRequest {
+            method: Method::GET,
+            path: path.into(),
+            headers: vec![],
+            body: None,
+            timeout: None,
+        }
+    }
+
+    mod token {
+        use super::*;
+        use crate::token::testing::{count, token_server};
+        use crate::token::{Secret, TokenSource};
+
+        fn with_token(url: &str) -> HttpSystemSpec {
+            HttpSystemSpec {
+                // Ignored: the token takes the Authorization header.
+                auth: Some(HttpAuth::Basic {
+                    username: "u".into(),
+                    password: "p".into(),
+                }),
+                token: Some(TokenSource::OAuth2 {
+                    token_url: format!("{url}/token"),
+                    client_id: "tilts".into(),
+                    client_secret: Secret::new("s3cret"),
+                    scope: None,
+                }),
+                ..spec("riga-clients", url.to_owned())
+            }
+        }
+
+        #[tokio::test]
+        async fn bearer_token_is_fetched_once_and_reused_by_clones() {
+            let (sim, _) = token_server().await;
+            let sys = HttpSystem::new(with_token(&sim.url())).unwrap();
+            let clone = sys.clone();
+            for s in [&sys, &clone, &sys] {
+                let r = s.send(get("/data")).await.unwrap();
+                assert_eq!(r.status, 200);
+                assert_eq!(r.body, "ok:tok-1");
+            }
+            assert_eq!(count(&sim, "/token"), 1);
+            let data = sim
+                .requests()
+                .into_iter()
+                .find(|r| r.path == "/data")
+                .unwrap();
+            assert_eq!(data.header("authorization"), Some("Bearer tok-1"));
+        }
+
+        #[tokio::test]
+        async fn a_401_invalidates_the_token_and_retries_exactly_once() {
+            let (sim, issuer) = token_server().await;
+            let sys = HttpSystem::new(with_token(&sim.url())).unwrap();
+            assert_eq!(sys.send(get("/data")).await.unwrap().status, 200);
+
+            issuer.revoke_all();
+            let r = sys.send(get("/data")).await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body, "ok:tok-2");
+            assert_eq!(count(&sim, "/token"), 2);
+            assert_eq!(count(&sim, "/data"), 3);
+
+            // The retry happened with the new token.
+            let data: Vec<_> = sim
+                .requests()
+                .into_iter()
+                .filter(|r| r.path == "/data")
+                .collect();
+            assert_eq!(data[1].header("authorization"), Some("Bearer tok-1"));
+            assert_eq!(data[2].header("authorization"), Some("Bearer tok-2"));
+        }
+
+        #[tokio::test]
+        async fn a_persistent_401_is_retried_once_with_a_new_token() {
+            let routes = axum::Router::new()
+                .route(
+                    "/token",
+                    axum::routing::post(|| async {
+                        axum::Json(serde_json::json!({"access_token": "t", "expires_in": 600}))
+                    }),
+                )
+                .route(
+                    "/data",
+                    axum::routing::get(|| async { http::StatusCode::UNAUTHORIZED }),
+                );
+            let sim = crate::sim::SimServer::start("p", "127.0.0.1:0".parse().unwrap(), routes)
+                .await
+                .unwrap();
+            let sys = HttpSystem::new(with_token(&sim.url())).unwrap();
+            let r = sys.send(get("/data")).await.unwrap();
+            assert_eq!(r.status, 401);
+            assert_eq!(count(&sim, "/data"), 2, "exactly one retry");
+            assert_eq!(count(&sim, "/token"), 2, "a new token for the retry");
+        }
+
+        #[tokio::test]
+        async fn token_failures_are_delivery_errors() {
+            let (sim, _) = token_server().await;
+            let sys = HttpSystem::new(with_token(&sim.url())).unwrap();
+            sim.faults().fail_next(1, 503);
+            let e = sys.send(get("/data")).await.unwrap_err();
+            assert_eq!(e.kind, FailureKind::Status(503));
+            assert_eq!(e.retry(), crate::contract::Retry::Retryable);
+            assert_eq!(e.detail, "token request failed: HTTP 503");
+            sim.faults().fail_next(1, 401);
+            let e = sys.send(get("/data")).await.unwrap_err();
+            assert_eq!(e.retry(), crate::contract::Retry::Permanent);
+            assert!(!format!("{e:?}").contains("s3cret"));
+            assert_eq!(count(&sim, "/data"), 0, "no data request without a token");
+        }
+    }
+
+    mod tls {
+        use super::*;
+        use crate::sim::SimServer;
+        use crate::sim::pki::TestPki;
+        use crate::tls::ClientTls;
+
+        async fn mtls_sim(pki: &TestPki) -> SimServer {
+            let routes =
+                axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+            SimServer::start_tls(
+                "mtls",
+                "127.0.0.1:0".parse().unwrap(),
+                routes,
+                pki.sim_tls_mtls(),
+            )
+            .await
+            .unwrap()
+        }
+
+        fn system(url: String, tls: ClientTls) -> HttpSystem {
+            HttpSystem::new(HttpSystemSpec {
+                tls: Some(tls),
+                ..spec("vraa", url)
+            })
+            .unwrap()
+        }
+
+        #[tokio::test]
+        async fn mtls_happy_path_from_files() {
+            let pki = TestPki::generate();
+            let dir = tempfile::tempdir().unwrap();
+            let files = pki.write_to(dir.path()).unwrap();
+            let tls = ClientTls::from_files(
+                Some(&files.client_cert),
+                Some(&files.client_key),
+                Some(&files.ca),
+            )
+            .unwrap();
+            let sim = mtls_sim(&pki).await;
+            let r = system(sim.url(), tls).send(get("/ping")).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (200, &b"pong"[..]));
+        }
+
+        async fn handshake_error(pki: &TestPki, tls: ClientTls) -> DeliveryError {
+            let sim = mtls_sim(pki).await;
+            let e = system(sim.url(), tls)
+                .send(get("/persons/010190-12349"))
+                .await
+                .unwrap_err();
+            assert!(sim.requests().is_empty());
+            assert_eq!(e.kind, FailureKind::Connect, "{e}");
+            assert_eq!(e.retry(), crate::contract::Retry::Retryable);
+            assert!(e.detail.starts_with("TLS handshake failed"), "{e}");
+            assert!(!e.to_string().contains("010190"), "{e}");
+            e
+        }
+
+        #[tokio::test]
+        async fn no_client_certificate_is_a_connect_failure() {
+            let pki = TestPki::generate();
+            let tls = ClientTls::from_pem(None, Some(pki.ca_pem.clone().into_bytes())).unwrap();
+            handshake_error(&pki, tls).await;
+        }
+
+        #[tokio::test]
+        async fn a_client_certificate_from_another_ca_is_refused() {
+            let pki = TestPki::generate();
+            let tls = ClientTls::from_pem(
+                Some((
+                    pki.other_client_cert_pem.clone().into_bytes(),
+                    pki.other_client_key_pem.clone().into_bytes(),
+                )),
+                Some(pki.ca_pem.clone().into_bytes()),
+            )
+            .unwrap();
+            handshake_error(&pki, tls).await;
+        }
+
+        #[tokio::test]
+        async fn a_server_from_an_untrusted_ca_is_refused() {
+            let pki = TestPki::generate();
+            let stranger = TestPki::generate();
+            let tls = ClientTls::from_pem(
+                Some((
+                    pki.client_cert_pem.clone().into_bytes(),
+                    pki.client_key_pem.clone().into_bytes(),
+                )),
+                Some(stranger.ca_pem.clone().into_bytes()),
+            )
+            .unwrap();
+            let e = handshake_error(&pki, tls).await;
+            assert!(e.detail.to_lowercase().contains("certificate"), "{e}");
+        }
     }
 }

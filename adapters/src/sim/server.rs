@@ -4,6 +4,11 @@
 //! A simulator only supplies its own [`Router`]; [`SimServer::start`] wraps it in one middleware
 //! that records each request and applies the current [`Faults`], adds the control routes and a
 //! problem+json fallback, and serves it on a socket of its own.
+//!
+//! [`SimServer::start_tls`] serves the same over HTTPS ([`SimTls`]); with a client CA it requires
+//! a client certificate issued by that CA (mutual TLS) and hands the verified certificate's
+//! name to handlers as the request extension [`ClientCertName`]. Failed handshakes are logged at
+//! debug level and only cost that one connection.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -29,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Largest request body a simulator accepts (the VISS request limit is 4 MB; leave headroom).
@@ -44,6 +49,35 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Path prefix of the control endpoints, which are neither recorded nor faulted.
 const CONTROL_PREFIX: &str = "/_sim/";
+
+/// How long a client may take to complete the TLS handshake before its connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of a TLS simulator: its certificate, its key and, for mutual TLS, the CA
+/// whose client certificates it accepts.
+#[derive(Clone)]
+pub struct SimTls {
+    /// Server certificate chain, PEM (leaf first).
+    pub cert_pem: Vec<u8>,
+    /// The server certificate's private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// With `Some`, a client certificate issued by one of these CAs (PEM bundle) is required.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for SimTls {
+    // Never prints the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimTls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The verified client certificate's subject CN (or its first DNS name when the subject has
+/// no CN), present as a request extension on mutual-TLS simulators only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertName(pub String);
 
 /// One request a simulator received, as it arrived on the wire.
 #[derive(Clone, Debug)]
@@ -210,6 +244,7 @@ impl Shared {
 pub struct SimServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -220,6 +255,39 @@ impl SimServer {
     pub async fn start(name: &str, addr: SocketAddr, routes: Router) -> io::Result<SimServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        Self::serve(name, SimListener::Plain(listener), addr, false, routes)
+    }
+
+    /// Like [`SimServer::start`], over HTTPS. With `tls.client_ca_pem` set, clients must present
+    /// a certificate issued by that CA (the handshake fails otherwise), and handlers find the
+    /// certificate's name in the [`ClientCertName`] request extension. Fails with
+    /// `InvalidInput` when the certificate, key or CA cannot be used.
+    pub async fn start_tls(
+        name: &str,
+        addr: SocketAddr,
+        routes: Router,
+        tls: SimTls,
+    ) -> io::Result<SimServer> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(&tls)?));
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let accept_task = tokio::spawn(accept_tls(name.to_owned(), listener, acceptor, tx));
+        let listener = SimListener::Tls {
+            incoming: rx,
+            addr,
+            accept_task,
+        };
+        Self::serve(name, listener, addr, true, routes)
+    }
+
+    fn serve(
+        name: &str,
+        listener: SimListener,
+        addr: SocketAddr,
+        tls: bool,
+        routes: Router,
+    ) -> io::Result<SimServer> {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             faults: Faults::default(),
@@ -233,7 +301,7 @@ impl SimServer {
         let log_name = shared.name.clone();
         let task = tokio::spawn(async move {
             let service = app.into_make_service_with_connect_info::<ConnHandle>();
-            let served = axum::serve(SimListener(listener), service)
+            let served = axum::serve(listener, service)
                 .with_graceful_shutdown(async {
                     // A dropped sender also means "stop".
                     let _ = stopped.await;
@@ -247,6 +315,7 @@ impl SimServer {
         Ok(SimServer {
             shared,
             addr,
+            tls,
             stop: Some(stop),
             task: Some(task),
         })
@@ -262,9 +331,11 @@ impl SimServer {
         self.addr
     }
 
-    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:40123`.
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:40123`
+    /// (`https://` when started with [`SimServer::start_tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every request received so far (control calls under `/_sim/` excluded), oldest first,
@@ -311,12 +382,26 @@ impl fmt::Debug for SimServer {
         f.debug_struct("SimServer")
             .field("name", &self.shared.name)
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 /// Records the request, then applies the current faults before the simulator sees it.
-async fn intercept(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+async fn intercept(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client_name = request
+        .extensions()
+        .get::<ConnectInfo<ConnHandle>>()
+        .and_then(|ConnectInfo(conn)| conn.client_name.clone());
+    if let Some(client_name) = client_name {
+        request
+            .extensions_mut()
+            .insert(ClientCertName(client_name.to_string()));
+    }
     if request.uri().path().starts_with(CONTROL_PREFIX) {
         return next.run(request).await;
     }
@@ -568,17 +653,28 @@ async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 }
 
 /// A handle on one accepted connection, given to every request on it (as `ConnectInfo`) so the
-/// middleware can kill the connection instead of answering.
+/// middleware can kill the connection instead of answering, and learn the client certificate's
+/// name on mutual TLS.
 #[derive(Clone)]
-struct ConnHandle(Arc<AtomicBool>);
+struct ConnHandle {
+    killed: Arc<AtomicBool>,
+    client_name: Option<Arc<str>>,
+}
 
 impl ConnHandle {
+    fn new(client_name: Option<Arc<str>>) -> Self {
+        ConnHandle {
+            killed: Arc::new(AtomicBool::new(false)),
+            client_name,
+        }
+    }
+
     fn kill(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.killed.store(true, Ordering::SeqCst);
     }
 
     fn killed(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.killed.load(Ordering::SeqCst)
     }
 }
 
@@ -588,47 +684,197 @@ impl Connected<IncomingStream<'_, SimListener>> for ConnHandle {
     }
 }
 
-/// A TCP listener whose connections can be killed from inside a request.
-struct SimListener(TcpListener);
+/// A listener whose connections can be killed from inside a request: plain TCP, or TLS
+/// connections whose handshakes a background task completes (so one slow client never holds up
+/// the others).
+enum SimListener {
+    Plain(TcpListener),
+    Tls {
+        incoming: mpsc::Receiver<(SimIo, SocketAddr)>,
+        addr: SocketAddr,
+        accept_task: JoinHandle<()>,
+    },
+}
+
+impl Drop for SimListener {
+    fn drop(&mut self) {
+        // The accept task owns the socket: stop it so the port is released with the server.
+        if let SimListener::Tls { accept_task, .. } = self {
+            accept_task.abort();
+        }
+    }
+}
 
 impl Listener for SimListener {
     type Io = SimIo;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (SimIo, SocketAddr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = ConnHandle(Arc::new(AtomicBool::new(false)));
-                    return (SimIo { stream, conn }, peer);
+        match self {
+            SimListener::Plain(listener) => loop {
+                if let Some((stream, peer)) = accept_tcp(listener).await {
+                    let io = SimIo {
+                        stream: SimStream::Plain(stream),
+                        conn: ConnHandle::new(None),
+                    };
+                    return (io, peer);
                 }
-                // Per-connection errors (the client gave up) do not concern the listener.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) => {}
-                // Out of file descriptors and the like: back off instead of spinning.
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulator accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+            },
+            SimListener::Tls { incoming, .. } => match incoming.recv().await {
+                Some(accepted) => accepted,
+                // The accept task ended (it only does when aborted): never accept again.
+                None => std::future::pending().await,
+            },
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        match self {
+            SimListener::Plain(listener) => listener.local_addr(),
+            SimListener::Tls { addr, .. } => Ok(*addr),
+        }
     }
 }
 
-/// A TCP stream that fails every read and write once its connection is killed, so hyper drops
-/// it; dropping it then sends a TCP reset (zero linger) rather than an orderly close.
+/// Accepts one TCP connection; `None` after a per-connection error or a backoff.
+async fn accept_tcp(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        // Per-connection errors (the client gave up) do not concern the listener.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            None
+        }
+        // Out of file descriptors and the like: back off instead of spinning.
+        Err(e) => {
+            tracing::warn!(error = %e, "simulator accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// Accepts TCP connections and completes each TLS handshake in a task of its own, handing the
+/// established connections to the server. Ends when the server drops its end of the channel.
+async fn accept_tls(
+    name: String,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: mpsc::Sender<(SimIo, SocketAddr)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = tx.closed() => return,
+            accepted = accept_tcp(&listener) => accepted,
+        };
+        let Some((stream, peer)) = accepted else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(simulator = %name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(simulator = %name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client_name = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| crate::tls::cert_subject_name(cert))
+                .map(Arc::<str>::from);
+            let io = SimIo {
+                stream: SimStream::Tls(Box::new(tls)),
+                conn: ConnHandle::new(client_name),
+            };
+            // A closed channel means the server is stopping: the connection is dropped.
+            let _ = tx.send((io, peer)).await;
+        });
+    }
+}
+
+/// The rustls server configuration for `tls`, on aws-lc-rs.
+fn server_config(tls: &SimTls) -> io::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let bad = |what: &str, e: &dyn fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("simulator TLS {what}: {e}"),
+        )
+    };
+    let certs = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", &e))?;
+    if certs.is_empty() {
+        return Err(bad("certificate", &"no PEM certificate found"));
+    }
+    // The pem error names the section, never the key bytes.
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| bad("key", &e))?;
+    let provider = crate::tls::crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?;
+    let builder = match &tls.client_ca_pem {
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem) {
+                let ca = ca.map_err(|e| bad("client CA", &e))?;
+                roots.add(ca).map_err(|e| bad("client CA", &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| bad("client CA", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The byte stream under a [`SimIo`].
+enum SimStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl SimStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            SimStream::Plain(s) => s,
+            SimStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+/// A connection that fails every read and write once it is killed, so hyper drops it; dropping
+/// it then sends a TCP reset (zero linger) rather than an orderly close.
 struct SimIo {
-    stream: TcpStream,
+    stream: SimStream,
     conn: ConnHandle,
 }
 
@@ -652,7 +898,10 @@ impl AsyncRead for SimIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check()?;
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            SimStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -663,7 +912,10 @@ impl AsyncWrite for SimIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check()?;
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            SimStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -672,28 +924,40 @@ impl AsyncWrite for SimIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.check()?;
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            SimStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            SimStream::Plain(s) => s.is_write_vectored(),
+            SimStream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check()?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            SimStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check()?;
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            SimStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
 impl Drop for SimIo {
     fn drop(&mut self) {
         if self.conn.killed() {
-            let _ = self.stream.set_zero_linger();
+            let _ = self.stream.tcp().set_zero_linger();
         }
     }
 }
@@ -973,6 +1237,148 @@ mod tests {
         while TcpStream::connect(addr).await.is_ok() {
             assert!(tokio::time::Instant::now() < deadline, "still listening");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    mod tls {
+        use super::*;
+        use crate::sim::pki::{CLIENT_NAME, TestPki};
+
+        async fn whoami_sim(pki: &TestPki, mutual: bool) -> SimServer {
+            let routes = Router::new().route(
+                "/whoami",
+                get(|name: Option<axum::Extension<ClientCertName>>| async move {
+                    name.map_or_else(|| "anonymous".to_owned(), |n| n.0.0)
+                }),
+            );
+            let tls = if mutual {
+                pki.sim_tls_mtls()
+            } else {
+                pki.sim_tls()
+            };
+            SimServer::start_tls("tls-echo", "127.0.0.1:0".parse().unwrap(), routes, tls)
+                .await
+                .unwrap()
+        }
+
+        fn client(identity: Option<(&str, &str)>, ca: Option<&str>) -> reqwest::Client {
+            let tls = crate::tls::ClientTls::from_pem(
+                identity.map(|(c, k)| (c.as_bytes().to_vec(), k.as_bytes().to_vec())),
+                ca.map(|c| c.as_bytes().to_vec()),
+            )
+            .unwrap();
+            tls.apply(reqwest::Client::builder()).build().unwrap()
+        }
+
+        #[tokio::test]
+        async fn mtls_happy_path_exposes_the_client_name_and_keeps_the_machinery() {
+            let pki = TestPki::generate();
+            let sim = whoami_sim(&pki, true).await;
+            assert!(sim.url().starts_with("https://127.0.0.1:"), "{}", sim.url());
+            let c = client(
+                Some((&pki.client_cert_pem, &pki.client_key_pem)),
+                Some(&pki.ca_pem),
+            );
+            let r = c.get(format!("{}/whoami", sim.url())).send().await.unwrap();
+            assert_eq!(r.text().await.unwrap(), CLIENT_NAME);
+            // `localhost` is in the server certificate too.
+            let r = c
+                .get(format!(
+                    "https://localhost:{}/_sim/health",
+                    sim.addr().port()
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(sim.requests().len(), 1, "control calls are not recorded");
+
+            sim.faults().fail_next(1, 503);
+            let r = c.get(format!("{}/whoami", sim.url())).send().await.unwrap();
+            assert_eq!(r.status(), 503);
+            sim.faults().reset_connection_next(1);
+            assert!(c.get(format!("{}/whoami", sim.url())).send().await.is_err());
+            let r = c.get(format!("{}/whoami", sim.url())).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(sim.requests().len(), 4);
+            sim.shutdown().await;
+        }
+
+        #[tokio::test]
+        async fn without_client_auth_there_is_no_client_name() {
+            let pki = TestPki::generate();
+            let sim = whoami_sim(&pki, false).await;
+            let c = client(None, Some(&pki.ca_pem));
+            let r = c.get(format!("{}/whoami", sim.url())).send().await.unwrap();
+            assert_eq!(r.text().await.unwrap(), "anonymous");
+        }
+
+        #[tokio::test]
+        async fn rejected_handshakes_fail_the_request_but_not_the_server() {
+            let pki = TestPki::generate();
+            let sim = whoami_sim(&pki, true).await;
+            let url = format!("{}/whoami", sim.url());
+            // No client certificate.
+            let e = client(None, Some(&pki.ca_pem))
+                .get(&url)
+                .send()
+                .await
+                .unwrap_err();
+            assert!(e.status().is_none(), "{e:?}");
+            // A client certificate from a CA the server does not trust.
+            let other = client(
+                Some((&pki.other_client_cert_pem, &pki.other_client_key_pem)),
+                Some(&pki.ca_pem),
+            );
+            assert!(other.get(&url).send().await.is_err());
+            // The client does not trust the server's CA.
+            let stranger = TestPki::generate();
+            let wrong_ca = client(
+                Some((&pki.client_cert_pem, &pki.client_key_pem)),
+                Some(&stranger.ca_pem),
+            );
+            let e = wrong_ca.get(&url).send().await.unwrap_err();
+            assert!(e.is_connect(), "{e:?}");
+            // Plain HTTP to a TLS port gets no answer either.
+            let plain = format!("http://{}/whoami", sim.addr());
+            assert!(reqwest::get(plain).await.is_err());
+            assert!(sim.requests().is_empty(), "nothing reached the handlers");
+
+            // The server still serves a proper client.
+            let good = client(
+                Some((&pki.client_cert_pem, &pki.client_key_pem)),
+                Some(&pki.ca_pem),
+            );
+            assert_eq!(good.get(&url).send().await.unwrap().status(), 200);
+        }
+
+        #[tokio::test]
+        async fn unusable_server_material_is_an_invalid_input_error() {
+            let pki = TestPki::generate();
+            let tls = SimTls {
+                cert_pem: pki.server_cert_pem.clone().into_bytes(),
+                key_pem: pki.client_key_pem.clone().into_bytes(),
+                client_ca_pem: None,
+            };
+            assert!(!format!("{tls:?}").contains("PRIVATE"));
+            let e = SimServer::start_tls("bad", "127.0.0.1:0".parse().unwrap(), Router::new(), tls)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            assert!(!e.to_string().contains("PRIVATE"), "{e}");
+        }
+
+        #[tokio::test]
+        async fn dropping_a_tls_server_releases_the_port() {
+            let pki = TestPki::generate();
+            let sim = whoami_sim(&pki, true).await;
+            let addr = sim.addr();
+            drop(sim);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while TcpStream::connect(addr).await.is_ok() {
+                assert!(tokio::time::Instant::now() < deadline, "still listening");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 }
