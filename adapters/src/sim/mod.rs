@@ -10,6 +10,11 @@
 //! - [`mod@enterprise_register`]: the Enterprise Register (UR), company lookup and search.
 //! - [`mod@address_register`]: the State Address Register (VZD), address lookup and search.
 //! - [`mod@social_services`]: a social service's case intake that receives applications.
+//! - [`mod@population_register`]: the Population Register (PMLP) person lookup over SOAP: plain
+//!   SOAP 1.1/1.2, X-Road 4.0 headers, and the VISS request service (StartTransaction, SubmitSync).
+//! - [`mod@xroad_rest`]: an X-Road REST security server in front of the Enterprise Register.
+//! - [`mod@dagr`]: the DAGR data platform (REST over mTLS, tokens, permissions).
+//! - [`pki`]: a throwaway certificate authority for the mTLS simulators.
 //!
 //! Each module documents its contract and exports its notable fixtures as constants, so tests
 //! and the demo can name them instead of copying numbers.
@@ -18,9 +23,13 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 
 pub mod address_register;
+pub mod dagr;
 pub mod enterprise_register;
+pub mod pki;
+pub mod population_register;
 pub mod server;
 pub mod social_services;
+pub mod xroad_rest;
 
 pub use server::{Faults, RecordedRequest, SimServer};
 
@@ -40,6 +49,11 @@ pub async fn social_services(addr: SocketAddr) -> io::Result<SimServer> {
     SimServer::start("social-services", addr, social_services::router()).await
 }
 
+/// Starts the Population Register simulator (name `population-register`) on `addr`.
+pub async fn population_register(addr: SocketAddr) -> io::Result<SimServer> {
+    SimServer::start("population-register", addr, population_register::router()).await
+}
+
 /// All simulators, each on its own free port of 127.0.0.1.
 #[derive(Debug)]
 pub struct Simulators {
@@ -49,6 +63,8 @@ pub struct Simulators {
     pub address_register: SimServer,
     /// The social services case intake.
     pub social_services: SimServer,
+    /// The Population Register (PMLP), SOAP.
+    pub population_register: SimServer,
 }
 
 impl Simulators {
@@ -59,15 +75,17 @@ impl Simulators {
             enterprise_register: enterprise_register(any_port).await?,
             address_register: address_register(any_port).await?,
             social_services: social_services(any_port).await?,
+            population_register: population_register(any_port).await?,
         })
     }
 
     /// Every simulator, e.g. to clear faults or recordings between test steps.
-    pub fn all(&self) -> [&SimServer; 3] {
+    pub fn all(&self) -> [&SimServer; 4] {
         [
             &self.enterprise_register,
             &self.address_register,
             &self.social_services,
+            &self.population_register,
         ]
     }
 
@@ -77,11 +95,13 @@ impl Simulators {
             enterprise_register,
             address_register,
             social_services,
+            population_register,
         } = self;
         tokio::join!(
             enterprise_register.shutdown(),
             address_register.shutdown(),
-            social_services.shutdown()
+            social_services.shutdown(),
+            population_register.shutdown()
         );
     }
 }
@@ -91,10 +111,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn start_gives_three_distinct_working_simulators() {
+    async fn start_gives_distinct_working_simulators() {
         let sims = Simulators::start().await.unwrap();
         let urls: std::collections::HashSet<String> = sims.all().iter().map(|s| s.url()).collect();
-        assert_eq!(urls.len(), 3);
+        assert_eq!(urls.len(), 4);
         for sim in sims.all() {
             assert!(sim.url().starts_with("http://127.0.0.1:"));
             let health: serde_json::Value = reqwest::get(format!("{}/_sim/health", sim.url()))
@@ -108,7 +128,12 @@ mod tests {
         let names: Vec<&str> = sims.all().iter().map(|s| s.name()).collect();
         assert_eq!(
             names,
-            ["enterprise-register", "address-register", "social-services"]
+            [
+                "enterprise-register",
+                "address-register",
+                "social-services",
+                "population-register"
+            ]
         );
 
         let company = reqwest::get(format!(
@@ -137,6 +162,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(case.status(), 201);
+        let envelope = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetPerson xmlns="urn:x-tilts-sim:pmlp:person:v1"><PersonalCode>{}</PersonalCode></GetPerson></s:Body></s:Envelope>"#,
+            population_register::ACTIVE
+        );
+        let person = reqwest::Client::new()
+            .post(format!(
+                "{}{}",
+                sims.population_register.url(),
+                population_register::PERSON_PATH
+            ))
+            .header("content-type", "text/xml; charset=utf-8")
+            .header("soapaction", "\"\"")
+            .body(envelope)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(person.status(), 200);
+        assert!(person.text().await.unwrap().contains("GetPersonResponse"));
         // Each simulator recorded only its own request.
         for sim in sims.all() {
             assert_eq!(sim.requests().len(), 1, "{}", sim.name());
