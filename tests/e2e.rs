@@ -14,7 +14,9 @@ use common::{
 };
 use serde_json::{Value, json};
 use tilts_adapters::ident::PersonalCode;
-use tilts_adapters::sim::{Simulators, address_register as ar, enterprise_register as er};
+use tilts_adapters::sim::{
+    Simulators, address_register as ar, enterprise_register as er, population_register as pr,
+};
 
 /// The social-services system's timeout line in the shipped routes.yaml.
 const SOCIAL_TIMEOUT: &str = "    timeout: 3s\n";
@@ -576,7 +578,7 @@ async fn unknown_route_malformed_json_and_health_endpoints() {
     assert_eq!(a.json()["status"], "ok");
     let a = get(&c, &tilts.url("/readyz")).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(a.json(), json!({"status": "ready", "routes": 4}));
+    assert_eq!(a.json(), json!({"status": "ready", "routes": 6}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,7 +687,19 @@ async fn no_personal_code_in_the_log_at_any_level() {
     let in_malformed = old_code("311299", 2, 123);
     let in_path = old_code("050505", 2, 50);
     let in_query = "321234-56789".to_string();
+    let clerk = old_code("030303", 2, 77);
+    let (pr_active, pr_missing, pr_fault, pr_soap) = (
+        pr::ACTIVE.to_string(),
+        pr::NOT_FOUND.to_string(),
+        pr::SERVER_FAULT.to_string(),
+        pr::DECEASED.to_string(),
+    );
     let codes = [
+        &clerk,
+        &pr_active,
+        &pr_missing,
+        &pr_fault,
+        &pr_soap,
         &valid,
         &invalid,
         &new_form,
@@ -769,6 +783,45 @@ async fn no_personal_code_in_the_log_at_any_level() {
     a.problem(504, "upstream-timeout");
     sims.social_services.faults().clear();
 
+    // Person lookups through VISS on behalf of a clerk (whose own code travels as the
+    // Initiator), and a SOAP caller.
+    let lookup = tilts.url("/v1/person-lookup");
+    let user = format!("AU:90000038741-PK:{clerk}");
+    for (code, status) in [(&pr_active, 200), (&pr_missing, 404), (&pr_fault, 502)] {
+        let a = Answer::from(
+            c.post(&lookup)
+                .header("x-user-id", &user)
+                .json(&json!({"personalCode": code}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, status, "{}", a.text);
+    }
+    let a = Answer::from(
+        c.post(tilts.url("/soap/person"))
+            .header("content-type", "text/xml; charset=utf-8")
+            .header("soapaction", "\"urn:x-tilts:person:v1/GetPerson\"")
+            .body(format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><p:GetPerson xmlns:p="urn:x-tilts:person:v1"><p:PersonalCode>{pr_soap}</p:PersonalCode></p:GetPerson></s:Body></s:Envelope>"#
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let submitted = sims
+        .population_register
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(&user));
+    assert!(
+        submitted,
+        "the register received the clerk's id as the Initiator"
+    );
+
     // The institution did receive the real codes: they were in the data, just not in the log.
     let forwarded: Vec<Value> = sims
         .social_services
@@ -791,6 +844,8 @@ async fn no_personal_code_in_the_log_at_any_level() {
         "route=application-submit",
         "route=company-lookup",
         "route=address-lookup",
+        "route=person-lookup",
+        "route=person-lookup-soap",
         "status=201",
         "status=422",
         "status=400",

@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tilts_adapters::http::{HttpAuth, HttpSystem, HttpSystemSpec};
 use tilts_adapters::ident;
+use tilts_adapters::profile::{self, XRoadClient, XRoadService};
+use tilts_adapters::soap::{self, SoapVersion};
+use tilts_adapters::tls::ClientTls;
+use tilts_adapters::token::{Secret, TokenSource};
 
 use crate::config::types::{self, StatusPattern};
 use crate::config::{env, yaml};
@@ -483,13 +487,23 @@ impl Checker {
         ptr: &str,
         name: &str,
         cfg: &types::SystemConfig,
-    ) -> Option<HttpSystem> {
+    ) -> Option<Arc<plan::System>> {
         let timeout = cfg.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10));
-        if timeout >= self.lease {
+        // A VISS delivery is two requests (StartTransaction, SubmitSync), each with the timeout.
+        let requests = match cfg.exchange {
+            Some(types::ExchangeConfig::Viss(_)) => 2,
+            _ => 1,
+        };
+        if timeout * requests >= self.lease {
+            let what = if requests == 2 {
+                "two requests (StartTransaction and SubmitSync) of `timeout` each"
+            } else {
+                "its `timeout`"
+            };
             self.push(
                 &format!("{ptr}/timeout"),
-                format!("a delivery to `{name}` may take longer than `server.lease` ({:?}): another worker would deliver the message again while it is still in flight", self.lease),
-                Some("make `server.lease` longer than every system's timeout".into()),
+                format!("a delivery to `{name}` may take longer than `server.lease` ({:?}): {what}, and another worker would deliver the message again while it is still in flight", self.lease),
+                Some("make `server.lease` longer than every delivery, or the timeout shorter".into()),
             );
         }
         let connect_timeout = cfg
@@ -533,13 +547,74 @@ impl Checker {
             ok = false;
         }
         let headers = self.check_static_headers(&format!("{ptr}/http/headers"), &http.headers);
-        let auth = http.auth.as_ref().map(|a| match a {
-            types::HttpAuthConfig::Bearer { token } => HttpAuth::Bearer(token.clone()),
-            types::HttpAuthConfig::Basic { username, password } => HttpAuth::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            },
-        });
+        let mut auth = None;
+        let mut token = None;
+        match &http.auth {
+            None => {}
+            Some(types::HttpAuthConfig::Bearer { token }) => {
+                auth = Some(HttpAuth::Bearer(token.clone()))
+            }
+            Some(types::HttpAuthConfig::Basic { username, password }) => {
+                auth = Some(HttpAuth::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                })
+            }
+            Some(types::HttpAuthConfig::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            }) => {
+                ok &= self.check_url(&format!("{ptr}/http/auth/oauth2/token_url"), token_url);
+                token = Some(TokenSource::OAuth2 {
+                    token_url: token_url.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: Secret::new(client_secret.clone()),
+                    scope: scope.clone(),
+                });
+            }
+            Some(types::HttpAuthConfig::Dagr {
+                token_url,
+                client_id,
+            }) => {
+                ok &= self.check_url(&format!("{ptr}/http/auth/dagr/token_url"), token_url);
+                if http.tls.as_ref().is_none_or(|t| t.client_cert.is_none()) {
+                    ok = false;
+                    self.push_key(
+                        &format!("{ptr}/http/auth/dagr"),
+                        "DAGR issues tokens against a client certificate, and this system has none",
+                        Some(
+                            "add `tls: { client_cert: ..., client_key: ... }` under `http`".into(),
+                        ),
+                    );
+                }
+                token = Some(TokenSource::Dagr {
+                    token_url: token_url.clone(),
+                    client_id: client_id.clone(),
+                });
+            }
+        }
+        let tls = match &http.tls {
+            None => None,
+            Some(t) => {
+                let path = |f: &Option<String>| f.as_ref().map(|f| self.base_dir.join(f));
+                let (cert, key, ca) = (path(&t.client_cert), path(&t.client_key), path(&t.ca));
+                match ClientTls::from_files(cert.as_deref(), key.as_deref(), ca.as_deref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        ok = false;
+                        self.push(
+                            &format!("{ptr}/http/tls"),
+                            e.to_string(),
+                            Some("give PEM files: client_cert with client_key, and/or ca".into()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let (soap, profile) = self.check_exchange(ptr, cfg, &mut ok);
         if !ok {
             return None;
         }
@@ -550,13 +625,168 @@ impl Checker {
             connect_timeout,
             headers,
             auth,
+            tls,
+            token,
         }) {
-            Ok(s) => Some(s),
+            Ok(http) => Some(Arc::new(plan::System {
+                name: name.to_string(),
+                http,
+                soap,
+                profile,
+            })),
             Err(e) => {
                 self.push(ptr, e, None);
                 None
             }
         }
+    }
+
+    fn check_url(&mut self, ptr: &str, url: &str) -> bool {
+        match url.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() =>
+            {
+                true
+            }
+            _ => {
+                self.push(
+                    ptr,
+                    "not an http:// or https:// URL",
+                    Some("write e.g. https://auth.example.lv/token or ${TOKEN_URL}".into()),
+                );
+                false
+            }
+        }
+    }
+
+    /// A system's SOAP framing and exchange profile.
+    fn check_exchange(
+        &mut self,
+        ptr: &str,
+        cfg: &types::SystemConfig,
+        ok: &mut bool,
+    ) -> (Option<plan::Soap>, Option<plan::Profile>) {
+        let mut soap = cfg.soap.as_ref().map(|s| {
+            let version = match s.version.as_deref() {
+                None => SoapVersion::V11,
+                Some(v) => v.parse().unwrap_or_else(|e: soap::SoapError| {
+                    *ok = false;
+                    self.push(&format!("{ptr}/soap/version"), e.to_string(), None);
+                    SoapVersion::V11
+                }),
+            };
+            plan::Soap {
+                version,
+                addressing: s.addressing.unwrap_or(false),
+            }
+        });
+        let xroad = |this: &mut Self, p: &str, x: &types::XRoadConfig, ok: &mut bool| {
+            let client = x.client.parse::<XRoadClient>().map_err(|e| {
+                this.push(&format!("{p}/client"), e.to_string(), None);
+            });
+            let service = match &x.service {
+                None => Ok(None),
+                Some(sv) => sv.parse::<XRoadService>().map(Some).map_err(|e| {
+                    this.push(&format!("{p}/service"), e.to_string(), None);
+                }),
+            };
+            match (client, service) {
+                (Ok(c), Ok(s)) => Some((c, s)),
+                _ => {
+                    *ok = false;
+                    None
+                }
+            }
+        };
+        let profile = match &cfg.exchange {
+            None => None,
+            Some(types::ExchangeConfig::XRoad(x)) => {
+                let p = format!("{ptr}/exchange/x_road");
+                match soap {
+                    None => {
+                        soap = Some(plan::Soap {
+                            version: SoapVersion::V11,
+                            addressing: false,
+                        })
+                    }
+                    Some(s) if s.version != SoapVersion::V11 => {
+                        *ok = false;
+                        self.push(
+                            &format!("{ptr}/soap/version"),
+                            "X-Road 4.0 messages are SOAP 1.1",
+                            Some("remove `version` or write \"1.1\"".into()),
+                        );
+                    }
+                    Some(_) => {}
+                }
+                xroad(self, &p, x, ok)
+                    .map(|(client, service)| plan::Profile::XRoad { client, service })
+            }
+            Some(types::ExchangeConfig::XRoadRest(x)) => {
+                let p = format!("{ptr}/exchange/x_road_rest");
+                if soap.is_some() {
+                    *ok = false;
+                    self.push_key(
+                        &format!("{ptr}/soap"),
+                        "the X-Road REST form is not SOAP",
+                        Some(
+                            "remove `soap`, or use `exchange: { x_road: ... }` for X-Road SOAP"
+                                .into(),
+                        ),
+                    );
+                }
+                xroad(self, &p, x, ok)
+                    .map(|(client, service)| plan::Profile::XRoadRest { client, service })
+            }
+            Some(types::ExchangeConfig::Viss(v)) => {
+                match soap {
+                    None => {
+                        soap = Some(plan::Soap {
+                            version: SoapVersion::V12,
+                            addressing: true,
+                        })
+                    }
+                    Some(s) if s.version != SoapVersion::V12 => {
+                        *ok = false;
+                        self.push(
+                            &format!("{ptr}/soap/version"),
+                            "the VISS request service speaks SOAP 1.2",
+                            Some("remove `version` or write \"1.2\"".into()),
+                        );
+                    }
+                    Some(ref mut s) => s.addressing = true,
+                }
+                Some(plan::Profile::Viss {
+                    e_service: v.e_service.clone(),
+                    sender: v.sender.clone(),
+                    destination: v.destination.clone(),
+                    message_type: v.message_type.clone(),
+                    test: v.test,
+                    start_action: v
+                        .start_action
+                        .clone()
+                        .unwrap_or_else(|| profile::VISS_ACTION_START_TRANSACTION.to_string()),
+                    submit_action: v
+                        .submit_action
+                        .clone()
+                        .unwrap_or_else(|| profile::VISS_ACTION_SUBMIT_SYNC.to_string()),
+                })
+            }
+            Some(types::ExchangeConfig::Dagr(d)) => {
+                if soap.is_some() {
+                    *ok = false;
+                    self.push_key(
+                        &format!("{ptr}/soap"),
+                        "DAGR is a REST platform",
+                        Some("remove `soap`".into()),
+                    );
+                }
+                Some(plan::Profile::Dagr {
+                    permission: d.permission.clone(),
+                })
+            }
+        };
+        (soap, profile)
     }
 
     fn check_static_headers(
@@ -584,7 +814,7 @@ impl Checker {
         &mut self,
         ptr: &str,
         cfg: &types::RouteConfig,
-        systems: &HashMap<String, HttpSystem>,
+        systems: &HashMap<String, Arc<plan::System>>,
         endpoints: &mut HashMap<(String, String), String>,
     ) -> Option<plan::Route> {
         let mut ok = true;
@@ -612,21 +842,95 @@ impl Checker {
                 Some("write the 11-digit number in quotes, e.g. owner: \"90000038741\"".into()),
             );
         }
-        let types::Source::Http(src) = &cfg.from;
-        let method = match parse_method(&src.method) {
-            Some(m) => m,
-            None => {
-                ok = false;
-                self.push(
-                    &format!("{ptr}/from/http/method"),
-                    format!("`{}` is not a method routes can take", src.method),
-                    Some("write GET, POST, PUT, PATCH or DELETE".into()),
-                );
-                Method::POST
+        let (method, src_path, path_ptr, ingress) = match &cfg.from {
+            types::Source::Http(src) => {
+                let method = match parse_method(&src.method) {
+                    Some(m) => m,
+                    None => {
+                        ok = false;
+                        self.push(
+                            &format!("{ptr}/from/http/method"),
+                            format!("`{}` is not a method routes can take", src.method),
+                            Some("write GET, POST, PUT, PATCH or DELETE".into()),
+                        );
+                        Method::POST
+                    }
+                };
+                (
+                    method,
+                    src.path.clone(),
+                    format!("{ptr}/from/http/path"),
+                    plan::Ingress::Http,
+                )
+            }
+            types::Source::Soap(src) => {
+                let sp = format!("{ptr}/from/soap");
+                let version = match src.version.as_deref() {
+                    None => SoapVersion::V11,
+                    Some(v) => v.parse().unwrap_or_else(|e: soap::SoapError| {
+                        ok = false;
+                        self.push(&format!("{sp}/version"), e.to_string(), None);
+                        SoapVersion::V11
+                    }),
+                };
+                if !is_xml_name(&src.operation) {
+                    ok = false;
+                    self.push(
+                        &format!("{sp}/operation"),
+                        "`operation` is the local name of the request element, e.g. GetPerson",
+                        None,
+                    );
+                }
+                let wsdl = src.wsdl.as_ref().and_then(|f| {
+                    let path = self.mapping_path(&format!("{sp}/wsdl"), f)?;
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => Some(text),
+                        Err(e) => {
+                            ok = false;
+                            self.push(
+                                &format!("{sp}/wsdl"),
+                                format!("cannot read {}: {e}", path.display()),
+                                None,
+                            );
+                            None
+                        }
+                    }
+                });
+                if src.wsdl.is_some() && wsdl.is_none() {
+                    ok = false;
+                }
+                let gp = (Method::GET.to_string(), normalize_path(&src.path));
+                if let Some(other) = endpoints.get(&gp) {
+                    ok = false;
+                    self.push(
+                        &format!("{sp}/path"),
+                        format!(
+                            "GET {} (the WSDL) is already taken by route `{other}`",
+                            src.path
+                        ),
+                        Some("give each route its own path".into()),
+                    );
+                } else {
+                    endpoints.insert(gp, cfg.id.clone());
+                }
+                (
+                    Method::POST,
+                    src.path.clone(),
+                    format!("{sp}/path"),
+                    plan::Ingress::Soap(plan::SoapIngress {
+                        version,
+                        operation: src.operation.clone(),
+                        namespace: src
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| format!("urn:x-tilts:{}", cfg.id)),
+                        wsdl,
+                    }),
+                )
             }
         };
-        let path_ptr = format!("{ptr}/from/http/path");
-        match check_route_path(&src.path) {
+        let src_path = &src_path;
+        match check_route_path(src_path) {
             Err(msg) => {
                 ok = false;
                 self.push(
@@ -636,12 +940,12 @@ impl Checker {
                 );
             }
             Ok(()) => {
-                let key = (method.to_string(), normalize_path(&src.path));
+                let key = (method.to_string(), normalize_path(src_path));
                 if let Some(other) = endpoints.get(&key) {
                     ok = false;
                     let msg = format!(
                         "{} {} is already taken by route `{other}`",
-                        method, src.path
+                        method, src_path
                     );
                     self.push(
                         &path_ptr,
@@ -672,6 +976,12 @@ impl Checker {
                 as_name: String::new(),
                 accept: d.accept.clone(),
                 timeout: None,
+                action: d.action.clone(),
+                faults: None,
+                service: d.service.clone(),
+                message_type: d.message_type.clone(),
+                permission: d.permission.clone(),
+                user_id: d.user_id.clone(),
             };
             self.check_call(
                 &format!("{ptr}/to"),
@@ -766,7 +1076,8 @@ impl Checker {
             owner: cfg.owner.clone(),
             description: cfg.description.clone(),
             method,
-            path: src.path.clone(),
+            path: src_path.clone(),
+            ingress,
             steps,
             to,
             delivery: cfg.delivery,
@@ -854,7 +1165,7 @@ impl Checker {
         ptr: &str,
         label: &str,
         steps: &[types::Step],
-        systems: &HashMap<String, HttpSystem>,
+        systems: &HashMap<String, Arc<plan::System>>,
         names: &mut Vec<String>,
         route_id: &str,
     ) -> Option<Vec<plan::Step>> {
@@ -892,7 +1203,10 @@ impl Checker {
                     if !self.define_name(&format!("{sp}/as"), &c.as_name, names) {
                         ok = false;
                     }
-                    call.map(|call| plan::Step::Call { label: sl, call })
+                    call.map(|call| plan::Step::Call {
+                        label: sl,
+                        call: Box::new(call),
+                    })
                 }
                 types::Step::Choice(branches) => self
                     .check_choice(&sp, &sl, branches, systems, names, route_id)
@@ -917,7 +1231,7 @@ impl Checker {
         ptr: &str,
         label: &str,
         branches: &[types::ChoiceBranch],
-        systems: &HashMap<String, HttpSystem>,
+        systems: &HashMap<String, Arc<plan::System>>,
         names: &mut Vec<String>,
         route_id: &str,
     ) -> Option<Vec<plan::Branch>> {
@@ -1105,7 +1419,7 @@ impl Checker {
         ptr: &str,
         label: &str,
         c: &types::CallStep,
-        systems: &HashMap<String, HttpSystem>,
+        systems: &HashMap<String, Arc<plan::System>>,
         _names: &[String],
         route_id: &str,
         is_step: bool,
@@ -1215,9 +1529,13 @@ impl Checker {
                 None,
             );
         }
+        let ex = system
+            .as_ref()
+            .and_then(|sys| self.check_call_exchange(ptr, label, c, sys, route_id, &mut ok));
         if !ok {
             return None;
         }
+        let ex = ex?;
         Some(plan::Call {
             system: system?,
             method,
@@ -1227,7 +1545,148 @@ impl Checker {
             as_name: (!c.as_name.is_empty()).then(|| c.as_name.clone()),
             accept,
             timeout: c.timeout.map(|d| d.0),
+            action: c.action.clone(),
+            accept_faults: c.faults == Some(types::FaultHandling::Accept),
+            service: ex.service,
+            message_type: ex.message_type,
+            permission: ex.permission,
+            user_id: ex.user_id,
         })
+    }
+
+    /// The profile-specific fields of a call, checked against the system they go to.
+    fn check_call_exchange(
+        &mut self,
+        ptr: &str,
+        label: &str,
+        c: &types::CallStep,
+        sys: &plan::System,
+        route_id: &str,
+        ok: &mut bool,
+    ) -> Option<CallExchange> {
+        let name = &sys.name;
+        let mut out = CallExchange::default();
+        let not_for = |this: &mut Self, field: &str, what: &str| {
+            this.push_key(
+                &format!("{ptr}/{field}"),
+                format!("`{field}` applies to {what}, and system `{name}` is not one"),
+                Some(format!("remove `{field}`, or declare it on the system")),
+            );
+        };
+        if sys.soap.is_none() {
+            if c.action.is_some() {
+                *ok = false;
+                not_for(self, "action", "SOAP systems");
+            }
+            if c.faults.is_some() {
+                *ok = false;
+                not_for(self, "faults", "SOAP systems");
+            }
+        } else if let Some(soap) = sys.soap
+            && soap.addressing
+            && c.action.is_none()
+            && !matches!(sys.profile, Some(plan::Profile::Viss { .. }))
+        {
+            *ok = false;
+            self.push(
+                ptr,
+                format!("system `{name}` sends WS-Addressing headers, which need an Action"),
+                Some("add `action: <the operation's action URI>`".into()),
+            );
+        }
+        match &sys.profile {
+            Some(plan::Profile::XRoad { service, .. })
+            | Some(plan::Profile::XRoadRest { service, .. }) => {
+                out.service = match &c.service {
+                    Some(sv) => match sv.parse::<XRoadService>() {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            *ok = false;
+                            self.push(&format!("{ptr}/service"), e.to_string(), None);
+                            None
+                        }
+                    },
+                    None => service.clone(),
+                };
+                if out.service.is_none() && c.service.is_none() {
+                    *ok = false;
+                    self.push(
+                        ptr,
+                        format!(
+                            "an X-Road call needs a service, and system `{name}` has no default"
+                        ),
+                        Some("add `service: INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE`".into()),
+                    );
+                }
+            }
+            _ if c.service.is_some() => {
+                *ok = false;
+                not_for(self, "service", "X-Road systems");
+            }
+            _ => {}
+        }
+        match &sys.profile {
+            Some(plan::Profile::Viss { message_type, .. }) => {
+                out.message_type = c.message_type.clone().or_else(|| message_type.clone());
+                if out.message_type.is_none() {
+                    *ok = false;
+                    self.push(
+                        ptr,
+                        format!(
+                            "a VISS call needs a MessageType, and system `{name}` has no default"
+                        ),
+                        Some("add `message_type: URN:IVIS:...`".into()),
+                    );
+                }
+            }
+            _ if c.message_type.is_some() => {
+                *ok = false;
+                not_for(self, "message_type", "VISS systems");
+            }
+            _ => {}
+        }
+        match &sys.profile {
+            Some(plan::Profile::Dagr { permission }) => {
+                out.permission = c.permission.clone().or_else(|| permission.clone());
+                if out.permission.is_none() {
+                    *ok = false;
+                    self.push(
+                        ptr,
+                        format!(
+                            "a DAGR call needs a permission, and system `{name}` has no default"
+                        ),
+                        Some("add `permission: <permission number>`".into()),
+                    );
+                }
+            }
+            _ if c.permission.is_some() => {
+                *ok = false;
+                not_for(self, "permission", "DAGR systems");
+            }
+            _ => {}
+        }
+        if let Some(u) = &c.user_id {
+            if matches!(
+                sys.profile,
+                Some(plan::Profile::XRoad { .. })
+                    | Some(plan::Profile::XRoadRest { .. })
+                    | Some(plan::Profile::Viss { .. })
+            ) {
+                out.user_id = self.inline(
+                    &format!("{ptr}/user_id"),
+                    Format::Text,
+                    &format!("{route_id}/{label}.user_id"),
+                    u,
+                );
+                if out.user_id.is_none() {
+                    *ok = false;
+                }
+            } else {
+                *ok = false;
+                not_for(self, "user_id", "X-Road and VISS systems");
+            }
+        }
+        Some(out)
     }
 
     fn check_respond(
@@ -1446,6 +1905,23 @@ impl Checker {
         self.schemas.insert(file.to_string(), result.clone());
         result
     }
+}
+
+/// Whether `s` is an XML NCName-ish element name (letters, digits, `_`, `-`, `.`; not starting
+/// with a digit, `-` or `.`).
+fn is_xml_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// The profile-specific part of a compiled call.
+#[derive(Default)]
+struct CallExchange {
+    service: Option<XRoadService>,
+    message_type: Option<String>,
+    permission: Option<String>,
+    user_id: Option<TemplateRef>,
 }
 
 fn parse_method(m: &str) -> Option<Method> {

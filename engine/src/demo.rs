@@ -11,16 +11,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tilts_adapters::ident;
-use tilts_adapters::sim::{self, Simulators, address_register as ar, enterprise_register as er};
+use tilts_adapters::sim::{
+    self, Simulators, address_register as ar, enterprise_register as er, population_register as pr,
+};
 
 use crate::check;
 
 /// The environment variables routes.yaml reads for the systems' URLs.
-pub const URL_VARS: [(&str, &str); 3] = [
+pub const URL_VARS: [(&str, &str); 4] = [
     ("ENTERPRISE_REGISTER_URL", "enterprise-register"),
     ("ADDRESS_REGISTER_URL", "address-register"),
     ("SOCIAL_SERVICES_URL", "social-services"),
+    ("POPULATION_REGISTER_URL", "population-register"),
 ];
+
+/// The sign-in identity of the (fictional) clerk on whose behalf the demo asks: an employee of
+/// the municipality, `AU:<reg no>-PK:<personal code>`, as the centres' system sends it.
+pub const CLERK: &str = "AU:90000038741-PK:161175-19997";
 
 /// What to do to a simulator before a case.
 #[derive(Clone, Copy)]
@@ -35,6 +42,8 @@ struct Case {
     method: &'static str,
     path: String,
     body: Option<Value>,
+    /// A SOAP envelope sent instead of a JSON body.
+    soap: Option<String>,
     fault: Fault,
     expect: u16,
     /// Queued cases: the state the message must reach ("delivered" or "dead").
@@ -132,16 +141,28 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
             Fault::Slow(sys, d) => sim_named(&sims, sys).faults().delay(d),
         }
         let started = Instant::now();
-        let mut req = client.request(case.method.parse()?, format!("{base}{}", case.path));
+        let mut req = client
+            .request(case.method.parse()?, format!("{base}{}", case.path))
+            .header("x-user-id", CLERK);
         if let Some(b) = &case.body {
             req = req.json(b);
+        }
+        if let Some(envelope) = &case.soap {
+            req = req
+                .header("content-type", "text/xml; charset=utf-8")
+                .header("soapaction", "\"urn:x-tilts:person:v1/GetPerson\"")
+                .body(envelope.clone());
         }
         let resp = req
             .send()
             .await
             .with_context(|| format!("case {}: request", i + 1))?;
         let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body: Value = if case.soap.is_some() {
+            soap_summary(&resp.bytes().await.unwrap_or_default())
+        } else {
+            resp.json().await.unwrap_or(Value::Null)
+        };
         let ms = started.elapsed().as_millis();
         let mut ok = status == case.expect;
         let mut outcome = summarize(&body);
@@ -222,6 +243,11 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
             er::ACTIVE_SIA
         );
         println!("    curl -s {base}/v1/addresses/{}", ar::RIGA_GERTRUDES_34);
+        println!(
+            "    curl -s {base}/v1/person-lookup -H 'content-type: application/json' -H 'x-user-id: {CLERK}' -d '{{\"personalCode\":\"{}\"}}'",
+            pr::ACTIVE
+        );
+        println!("    curl -s '{base}/soap/person?wsdl'");
         println!("  Ctrl-C stops.");
         crate::server::shutdown_signal().await;
     }
@@ -242,8 +268,51 @@ fn sim_named<'a>(sims: &'a Simulators, name: &str) -> &'a sim::SimServer {
         .expect("known simulator")
 }
 
+/// A SOAP answer as the demo shows it: the Fault's reason, or the answer read as data.
+fn soap_summary(bytes: &[u8]) -> Value {
+    match tilts_adapters::soap::parse_envelope(bytes, 1 << 20, 64) {
+        Ok(env) => match env.fault {
+            Some(f) => {
+                json!({"title": "SOAP Fault", "detail": format!("{} fault: {}", f.code.name(), f.reason)})
+            }
+            None => {
+                let data = tilts_adapters::xml::fragment_to_json(
+                    env.body.as_bytes(),
+                    &tilts_adapters::xml::Limits::default(),
+                )
+                .map(crate::exchange::local_names)
+                .unwrap_or(Value::Null);
+                let p = &data["GetPersonResponse"]["Person"];
+                json!({"givenName": p["GivenName"], "familyName": p["FamilyName"], "status": p["Status"], "soap": true})
+            }
+        },
+        Err(e) => json!({"title": "not a SOAP answer", "detail": e.to_string()}),
+    }
+}
+
+/// A SOAP 1.1 GetPerson request, as an institution's SOAP client sends it.
+fn get_person_envelope(personal_code: &str) -> String {
+    format!(
+        r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:per="urn:x-tilts:person:v1"><soapenv:Header/><soapenv:Body><per:GetPerson><per:PersonalCode>{personal_code}</per:PersonalCode></per:GetPerson></soapenv:Body></soapenv:Envelope>"#
+    )
+}
+
 /// One line about an answer: its key fields, or the problem's title and violations.
 fn summarize(body: &Value) -> String {
+    if let (Some(given), Some(family)) = (
+        body.get("givenName").and_then(Value::as_str),
+        body.get("familyName").and_then(Value::as_str),
+    ) {
+        let via = if body["soap"] == true {
+            " (SOAP answer)"
+        } else {
+            ""
+        };
+        return format!(
+            "{given} {family}, {}{via}",
+            body["status"].as_str().unwrap_or("")
+        );
+    }
     if let Some(title) = body.get("title").and_then(Value::as_str) {
         let errors: Vec<String> = body["errors"]
             .as_array()
@@ -260,7 +329,8 @@ fn summarize(body: &Value) -> String {
             })
             .unwrap_or_default();
         if errors.is_empty() {
-            return format!("{title}: {}", body["detail"].as_str().unwrap_or(""));
+            let detail = body["detail"].as_str().or(body["message"].as_str());
+            return format!("{title}: {}", detail.unwrap_or(""));
         }
         return format!("{title}: {}", errors.join("; "));
     }
@@ -308,6 +378,17 @@ fn cases() -> Vec<Case> {
         method: "POST",
         path: path.to_string(),
         body: Some(body),
+        soap: None,
+        fault,
+        expect,
+        delivered: None,
+    };
+    let soap = |what, personal_code: &str, fault, expect| Case {
+        what,
+        method: "POST",
+        path: "/soap/person".to_string(),
+        body: None,
+        soap: Some(get_person_envelope(personal_code)),
         fault,
         expect,
         delivered: None,
@@ -317,6 +398,7 @@ fn cases() -> Vec<Case> {
         method: "POST",
         path: "/v1/applications/forward".to_string(),
         body: Some(body),
+        soap: None,
         fault,
         expect: 202,
         delivered: Some(delivered),
@@ -326,6 +408,7 @@ fn cases() -> Vec<Case> {
         method: "GET",
         path,
         body: None,
+        soap: None,
         fault,
         expect,
         delivered: None,
@@ -389,6 +472,48 @@ fn cases() -> Vec<Case> {
             "/v1/addresses/12ab".into(),
             Fault::None,
             422,
+        ),
+        post(
+            "person, via VISS (SOAP 1.2)",
+            "/v1/person-lookup",
+            json!({"personalCode": pr::ACTIVE}),
+            Fault::None,
+            200,
+        ),
+        post(
+            "person, new-form code",
+            "/v1/person-lookup",
+            json!({"personalCode": pr::NEW_FORM}),
+            Fault::None,
+            200,
+        ),
+        post(
+            "person not in the register",
+            "/v1/person-lookup",
+            json!({"personalCode": pr::NOT_FOUND}),
+            Fault::None,
+            404,
+        ),
+        post(
+            "personal code failing the checksum",
+            "/v1/person-lookup",
+            json!({"personalCode": pr::INVALID}),
+            Fault::None,
+            422,
+        ),
+        post(
+            "register answers a Server fault",
+            "/v1/person-lookup",
+            json!({"personalCode": pr::SERVER_FAULT}),
+            Fault::None,
+            502,
+        ),
+        soap("SOAP 1.1 client asks tilts", pr::DECEASED, Fault::None, 200),
+        soap(
+            "SOAP client, unknown person",
+            pr::NOT_FOUND,
+            Fault::None,
+            400,
         ),
         post(
             "application, old-form code",
@@ -469,6 +594,7 @@ pub async fn simulate(first_port: u16) -> anyhow::Result<()> {
         sim::enterprise_register(at(first_port)).await?,
         sim::address_register(at(first_port + 1)).await?,
         sim::social_services(at(first_port + 2)).await?,
+        sim::population_register(at(first_port + 3)).await?,
     ];
     for (s, (var, _)) in sims.iter().zip(URL_VARS) {
         println!("{:<20} {}   ({var})", s.name(), s.url());

@@ -19,7 +19,10 @@
 //! - `==`/`!=` compare JSON structurally, numbers numerically (`1 == 1.0`); ordering needs two
 //!   numbers or two strings; `in` is membership in a list or a substring of a string;
 //! - functions: `exists(path)`, `len(x)`, `contains(haystack, needle)`, `starts_with(s, prefix)`,
-//!   `ends_with(s, suffix)`, `lower(s)`, `upper(s)`, `number(s)`, `string(x)`; a missing (`null`)
+//!   `ends_with(s, suffix)`, `lower(s)`, `upper(s)`, `number(s)`, `string(x)`, and
+//!   `xpath(data, "/path")`, the first match of an XPath-like path in XML read as data (a
+//!   registry's SOAP answer: `xpath(person.body, "//Person/Status") == "active"`; element text
+//!   as a string, null when nothing matches; see `tilts_adapters::xml::select`); a missing (`null`)
 //!   argument is treated as absent: `len` gives 0, `contains`/`starts_with`/`ends_with` (and
 //!   `in` with a null right side) give false, `lower`/`upper`/`number`/`string` give null;
 //! - truthiness: `null`, `false`, `0`, `""`, `[]` and `{}` are false, everything else true.
@@ -51,6 +54,7 @@ pub const FUNCTIONS: &[&str] = &[
     "upper",
     "number",
     "string",
+    "xpath",
 ];
 
 /// A parse or evaluation error: where (a 0-based char offset into the source) and what.
@@ -225,6 +229,7 @@ enum Func {
     Upper,
     Number,
     String,
+    Xpath,
 }
 
 impl Func {
@@ -239,6 +244,7 @@ impl Func {
             "upper" => Func::Upper,
             "number" => Func::Number,
             "string" => Func::String,
+            "xpath" => Func::Xpath,
             _ => return None,
         })
     }
@@ -254,6 +260,7 @@ impl Func {
             Func::Upper => "upper",
             Func::Number => "number",
             Func::String => "string",
+            Func::Xpath => "xpath",
         }
     }
 
@@ -268,12 +275,13 @@ impl Func {
             Func::Upper => "upper(text)",
             Func::Number => "number(text)",
             Func::String => "string(x)",
+            Func::Xpath => "xpath(xml_data, \"/path/to/element\")",
         }
     }
 
     fn arity(self) -> usize {
         match self {
-            Func::Contains | Func::StartsWith | Func::EndsWith => 2,
+            Func::Contains | Func::StartsWith | Func::EndsWith | Func::Xpath => 2,
             _ => 1,
         }
     }
@@ -1246,6 +1254,20 @@ fn call<'a>(
             Value::String(s) => parse_number(s).map_or(Value::Null, Value::Number),
             _ => Value::Null,
         },
+        Func::Xpath => match values[1].as_ref() {
+            Value::String(path) => {
+                let found = tilts_adapters::xml::select(a, path)
+                    .map_err(|e| ExprError::new(offset, format!("xpath: {e}")))?;
+                match found.first() {
+                    None => Value::Null,
+                    Some(v) => match tilts_adapters::xml::text_of(v) {
+                        Some(t) => Value::String(t.to_string()),
+                        None => (*v).clone(),
+                    },
+                }
+            }
+            _ => return Err(type_error("XML data and a path string")),
+        },
         Func::String => match a {
             Value::Null => Value::Null,
             Value::String(_) => return Ok(values.swap_remove(0)),
@@ -1972,7 +1994,7 @@ mod tests {
         assert_eq!(
             e.message,
             "unknown function 'exist'; known functions: exists, len, contains, starts_with, \
-             ends_with, lower, upper, number, string"
+             ends_with, lower, upper, number, string, xpath"
         );
         assert_eq!(e.offset, 0);
         assert_parse_err("a && Len(b)", 5, "unknown function 'Len'");
@@ -2088,5 +2110,36 @@ mod tests {
         assert!(yes("\n  body.amount > 100\n  && body.kind == 'social'\n"));
         assert!(yes("(body.amount>100)&&(body.kind=='social')"));
         assert!(yes("'multi\nline' == \"multi\\nline\""));
+    }
+
+    #[test]
+    fn xpath_selects_in_xml_read_as_data() {
+        let ctx = json!({"person": {"body": {"GetPersonResponse": {"Person": [
+            {"@id": "1", "Status": "active", "Name": {"@lang": "lv", "#text": "Anna"}},
+            {"@id": "2", "Status": "deceased"}
+        ]}}}});
+        let ev = |src: &str| Expr::parse(src).unwrap().eval(&ctx).unwrap();
+        assert_eq!(
+            ev(r#"xpath(person.body, "//Person/Status")"#),
+            json!("active")
+        );
+        assert_eq!(
+            ev(r#"xpath(person.body, "//Person[2]/Status")"#),
+            json!("deceased")
+        );
+        assert_eq!(ev(r#"xpath(person.body, "//Person/@id")"#), json!("1"));
+        assert_eq!(ev(r#"xpath(person.body, "//Person/Name")"#), json!("Anna"));
+        assert_eq!(ev(r#"xpath(person.body, "//Nothing")"#), Value::Null);
+        assert_eq!(ev(r#"xpath(person.missing, "//Person")"#), Value::Null);
+        let e = Expr::parse(r#"xpath(person.body, "//[")"#)
+            .unwrap()
+            .eval(&ctx)
+            .unwrap_err();
+        assert!(e.message.starts_with("xpath: "), "{}", e.message);
+        let e = Expr::parse("xpath(person.body, 1)")
+            .unwrap()
+            .eval(&ctx)
+            .unwrap_err();
+        assert!(e.message.contains("a path string"), "{}", e.message);
     }
 }

@@ -8,11 +8,12 @@
 //! - [`schema`]: JSON Schema validation with Latvian identifier formats.
 //! - [`expr`]: the condition language of `choice` steps.
 //! - [`runtime`]: runs a request through a route.
+//! - [`exchange`]: frames calls for each system (REST, SOAP, X-Road, VISS, DAGR) and reads answers.
 //! - [`server`]: the HTTP ingress (`fn app`), problem responses ([`problem`]), graceful shutdown.
 //! - [`demo`]: `tilts demo`, the whole thing against simulators in one command.
 //! - [`logging`]: tracing with personal codes scrubbed.
 //! - [`store`]: the durable message store (SQLite embedded default, PostgreSQL for production):
-//!   enqueue, leased claims, attempts, dead letters, idempotency. Not yet wired to routes.
+//!   enqueue, leased claims, attempts, dead letters, idempotency; [`worker`] delivers from it.
 //!
 //! The adapter contract and the adapters live in `tilts-adapters`; this crate depends on it.
 
@@ -21,6 +22,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod diag;
+pub mod exchange;
 pub mod expr;
 pub mod logging;
 pub mod mapping;
@@ -31,5 +33,6 @@ pub mod runtime;
 pub mod schema;
 pub mod server;
 pub mod service;
+pub mod soap_ingress;
 pub mod store;
 pub mod worker;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 use tilts_adapters::http::HttpSystem;
+use tilts_adapters::profile::{XRoadClient, XRoadService};
+use tilts_adapters::soap::SoapVersion;
 
 use crate::config::types::{Delivery, ServerSettings, StatusPattern};
 use crate::expr::Expr;
@@ -20,9 +22,69 @@ use crate::schema::Schema;
 #[derive(Debug)]
 pub struct Plan {
     pub settings: ServerSettings,
-    pub systems: HashMap<String, HttpSystem>,
+    pub systems: HashMap<String, Arc<System>>,
     pub routes: Vec<Arc<Route>>,
     pub mappings: Mappings,
+}
+
+/// A declared peer: its HTTP client and how requests to it are framed.
+#[derive(Debug)]
+pub struct System {
+    pub name: String,
+    pub http: HttpSystem,
+    /// SOAP framing, when the system speaks SOAP (always set for `x_road` and `viss`).
+    pub soap: Option<Soap>,
+    pub profile: Option<Profile>,
+}
+
+/// SOAP framing of a system.
+#[derive(Debug, Clone, Copy)]
+pub struct Soap {
+    pub version: SoapVersion,
+    /// Send WS-Addressing headers.
+    pub addressing: bool,
+}
+
+/// A compiled exchange profile.
+#[derive(Debug)]
+pub enum Profile {
+    XRoad {
+        client: XRoadClient,
+        service: Option<XRoadService>,
+    },
+    XRoadRest {
+        client: XRoadClient,
+        service: Option<XRoadService>,
+    },
+    Viss {
+        e_service: String,
+        sender: String,
+        destination: String,
+        message_type: Option<String>,
+        test: bool,
+        start_action: String,
+        submit_action: String,
+    },
+    Dagr {
+        permission: Option<String>,
+    },
+}
+
+/// How a route receives requests.
+#[derive(Debug)]
+pub enum Ingress {
+    Http,
+    Soap(SoapIngress),
+}
+
+/// A SOAP endpoint.
+#[derive(Debug)]
+pub struct SoapIngress {
+    pub version: SoapVersion,
+    pub operation: String,
+    pub namespace: String,
+    /// A WSDL file's text (with `{{address}}` to fill in), or `None` to generate one.
+    pub wsdl: Option<String>,
 }
 
 /// A compiled route.
@@ -34,6 +96,7 @@ pub struct Route {
     pub method: Method,
     /// Path in axum's syntax (`/v1/cases/{id}`).
     pub path: String,
+    pub ingress: Ingress,
     pub steps: Vec<Step>,
     pub to: Option<Call>,
     pub delivery: Delivery,
@@ -61,7 +124,7 @@ pub enum Step {
     },
     Call {
         label: String,
-        call: Call,
+        call: Box<Call>,
     },
     Choice {
         label: String,
@@ -76,7 +139,7 @@ pub enum Step {
 /// A request to a system (a `call` step or a route's `to`).
 #[derive(Debug)]
 pub struct Call {
-    pub system: HttpSystem,
+    pub system: Arc<System>,
     pub method: Method,
     /// Path template (URL-escaped); `None` when the path is empty.
     pub path: Option<TemplateRef>,
@@ -87,6 +150,18 @@ pub struct Call {
     pub as_name: Option<String>,
     pub accept: Vec<StatusPattern>,
     pub timeout: Option<Duration>,
+    /// SOAP action.
+    pub action: Option<String>,
+    /// SOAP faults are answers (`faults: accept`).
+    pub accept_faults: bool,
+    /// X-Road service (the call's, else the system's).
+    pub service: Option<XRoadService>,
+    /// VISS MessageType (the call's, else the system's).
+    pub message_type: Option<String>,
+    /// DAGR permission (the call's, else the system's).
+    pub permission: Option<String>,
+    /// Template of the employee's user id.
+    pub user_id: Option<TemplateRef>,
 }
 
 /// One branch of a choice; `when: None` is `otherwise`.

@@ -14,6 +14,10 @@ use serde_json::{Map, Value, json};
 use tilts_adapters::contract::DeliveryError;
 use tilts_adapters::http::HttpRequest;
 
+use tilts_adapters::profile::UserId;
+use tilts_adapters::xml;
+
+use crate::exchange::{self, Answer};
 use crate::mapping::{Format, MappingError, Rendered};
 use crate::plan::{Call, Plan, Respond, Route, Step};
 use crate::schema::Violation;
@@ -83,16 +87,25 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
     }
     match &route.to {
         Some(to) => {
-            let req = ex.render_request(to, "to", &ctx)?;
+            let out = ex.render_request(to, "to", &ctx)?;
             let deferred = route
                 .fallback_queue
-                .then(|| StoredRequest::from_request(&req));
-            let mut sent = req;
+                .then(|| StoredRequest::from_outgoing(&out));
+            let mut sent = out.req;
             if let Ok(id) = HeaderValue::from_str(&input.message_id) {
                 sent.headers
                     .push((HeaderName::from_static("x-tilts-message-id"), id));
             }
-            let resp = match send(to, &route.id, "to", sent).await {
+            let resp = match send(
+                to,
+                &route.id,
+                "to",
+                sent,
+                &input.message_id,
+                out.user_id.as_ref(),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(RouteError::Upstream { label, error }) => {
                     return Err(match deferred {
@@ -120,14 +133,13 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                 }
                 Err(e) => return Err(e),
             };
+            if to.system.soap.is_some() {
+                // A SOAP answer's payload is XML inside an envelope: answer with it as data.
+                return Ok(json_reply(resp.status, &resp.data));
+            }
             Ok(Reply {
                 status: resp.status,
-                content_type: resp
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/octet-stream")
-                    .to_string(),
+                content_type: resp.content_type,
                 headers: Vec::new(),
                 body: resp.body,
             })
@@ -204,24 +216,9 @@ impl<'a> Exchange<'a> {
                         set(ctx, key, out);
                     }
                     Step::Call { label, call } => {
-                        let resp = self.call(call, label, ctx).await?;
-                        let body = parse_body(&resp.headers, &resp.body);
-                        let headers: Map<String, Value> = resp
-                            .headers
-                            .iter()
-                            .filter_map(|(k, v)| {
-                                Some((
-                                    k.as_str().to_string(),
-                                    Value::String(v.to_str().ok()?.to_string()),
-                                ))
-                            })
-                            .collect();
+                        let answer = self.call(call, label, ctx).await?;
                         let name = call.as_name.as_deref().unwrap_or("response");
-                        set(
-                            ctx,
-                            name,
-                            json!({"status": resp.status, "headers": headers, "body": body}),
-                        );
+                        set(ctx, name, answer.to_value());
                     }
                     Step::Choice { label, branches } => {
                         let mut chosen = None;
@@ -315,27 +312,55 @@ impl<'a> Exchange<'a> {
         Ok(reply)
     }
 
-    async fn call(
-        &self,
-        call: &Call,
-        label: &str,
-        ctx: &Context,
-    ) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
-        let mut req = self.render_request(call, label, ctx)?;
+    async fn call(&self, call: &Call, label: &str, ctx: &Context) -> Result<Answer, RouteError> {
+        let Outgoing { mut req, user_id } = self.render_request(call, label, ctx)?;
         if let Ok(id) = HeaderValue::from_str(self.message_id) {
             req.headers
                 .push((HeaderName::from_static("x-tilts-message-id"), id));
         }
-        send(call, &self.route.id, label, req).await
+        send(
+            call,
+            &self.route.id,
+            label,
+            req,
+            self.message_id,
+            user_id.as_ref(),
+        )
+        .await
     }
 
-    /// Renders a call's request (path, headers, body) from the exchange.
+    /// Renders a call's request (path, headers, body, user id) from the exchange.
     fn render_request(
         &self,
         call: &Call,
         label: &str,
         ctx: &Context,
-    ) -> Result<HttpRequest, RouteError> {
+    ) -> Result<Outgoing, RouteError> {
+        let mapping_err = |message: String| RouteError::Mapping {
+            label: label.to_string(),
+            error: MappingError { message },
+        };
+        let user_id = match &call.user_id {
+            Some(t) => {
+                let text = self.plan.mappings.render_string(t, ctx).map_err(|error| {
+                    RouteError::Mapping {
+                        label: label.to_string(),
+                        error,
+                    }
+                })?;
+                // An empty user id (e.g. `{{default headers.[x-user-id] ""}}`) means none.
+                if text.trim().is_empty() {
+                    None
+                } else {
+                    Some(text.trim().parse::<UserId>().map_err(|e| {
+                        mapping_err(format!(
+                            "user_id: {e} (write AU:<institution reg no>-PK:<personal code>)"
+                        ))
+                    })?)
+                }
+            }
+            None => None,
+        };
         let path =
             match &call.path {
                 Some(t) => self.plan.mappings.render_string(t, ctx).map_err(|error| {
@@ -347,61 +372,87 @@ impl<'a> Exchange<'a> {
                 None => String::new(),
             };
         let mut headers = self.render_headers(label, &call.headers, ctx)?;
-        let body = match &call.body {
-            Some(t) => {
-                let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
-                headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static(ct)));
-                Some(body)
-            }
-            None if call.method == Method::GET || call.method == Method::DELETE => None,
-            None => {
-                headers.push((
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                ));
-                Some(Bytes::from(
-                    serde_json::to_vec(&ctx.data()["payload"]).unwrap_or_default(),
+        let to_xml = |v: &Value| {
+            xml::from_json(v).map(Bytes::from).map_err(|e| {
+                mapping_err(format!(
+                    "the message cannot be written as XML for a SOAP call: {e}"
                 ))
+            })
+        };
+        let body = if call.system.soap.is_some() {
+            // SOAP: the payload is XML, from an XML template or converted from JSON data.
+            Some(match &call.body {
+                Some(t) => match self.render(label, t, ctx)? {
+                    Rendered::Text(s) => Bytes::from(s),
+                    Rendered::Json(v) => to_xml(&v)?,
+                },
+                None => match &ctx.data()["payload"] {
+                    Value::String(s) => Bytes::from(s.clone()),
+                    v => to_xml(v)?,
+                },
+            })
+        } else {
+            match &call.body {
+                Some(t) => {
+                    let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
+                    headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static(ct)));
+                    Some(body)
+                }
+                None if call.method == Method::GET || call.method == Method::DELETE => None,
+                None => {
+                    headers.push((
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ));
+                    Some(Bytes::from(
+                        serde_json::to_vec(&ctx.data()["payload"]).unwrap_or_default(),
+                    ))
+                }
             }
         };
         if let Ok(r) = HeaderValue::from_str(&self.route.id) {
             headers.push((HeaderName::from_static("x-tilts-route"), r));
         }
-        Ok(HttpRequest {
-            method: call.method.clone(),
-            path,
-            headers,
-            body,
-            timeout: call.timeout,
+        Ok(Outgoing {
+            req: HttpRequest {
+                method: call.method.clone(),
+                path,
+                headers,
+                body,
+                timeout: call.timeout,
+            },
+            user_id,
         })
     }
 }
 
-/// Sends a rendered request and applies the call's `accept` list.
+/// A rendered request and the employee it is made for.
+pub struct Outgoing {
+    pub req: HttpRequest,
+    pub user_id: Option<UserId>,
+}
+
+/// Sends a rendered request, framed for the system (see [`crate::exchange`]), and applies
+/// the call's `accept` list and fault handling.
 async fn send(
     call: &Call,
     route_id: &str,
     label: &str,
     req: HttpRequest,
-) -> Result<tilts_adapters::http::HttpResponse, RouteError> {
+    correlation_id: &str,
+    user_id: Option<&UserId>,
+) -> Result<Answer, RouteError> {
     let started = Instant::now();
-    let result = call.system.send(req).await;
+    let result = exchange::send(call, req, correlation_id, user_id).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let system = call.system.name.as_str();
     match result {
-        Ok(resp) if call.accept.iter().any(|a| a.matches(resp.status)) => {
-            tracing::debug!(route = %route_id, step = label, system = call.system.name(), status = resp.status, elapsed_ms, "call answered");
-            Ok(resp)
-        }
-        Ok(resp) => {
-            let error = resp.into_status_error(call.system.name());
-            tracing::warn!(route = %route_id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call not accepted");
-            Err(RouteError::Upstream {
-                label: label.to_string(),
-                error,
-            })
+        Ok(answer) => {
+            tracing::debug!(route = %route_id, step = label, system, status = answer.status, fault = answer.fault.is_some(), elapsed_ms, "call answered");
+            Ok(answer)
         }
         Err(error) => {
-            tracing::warn!(route = %route_id, step = label, system = call.system.name(), kind = error.kind.name(), %error, elapsed_ms, "call failed");
+            tracing::warn!(route = %route_id, step = label, system, kind = error.kind.name(), %error, elapsed_ms, "call failed");
             Err(RouteError::Upstream {
                 label: label.to_string(),
                 error,
@@ -420,12 +471,24 @@ pub struct StoredRequest {
     /// The body as text (templates produce text); absent for GET/DELETE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// The employee the message is delivered for (`AU:...-PK:...`): personal data, purged
+    /// with the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl StoredRequest {
     /// The durable form of a rendered request.
+    pub fn from_outgoing(out: &Outgoing) -> Self {
+        let mut s = Self::from_request(&out.req);
+        s.user_id = out.user_id.as_ref().map(|u| u.expose().to_string());
+        s
+    }
+
+    /// The durable form of a rendered request without a user id.
     pub fn from_request(req: &HttpRequest) -> Self {
         StoredRequest {
+            user_id: None,
             method: req.method.to_string(),
             path: req.path.clone(),
             headers: req
@@ -480,7 +543,7 @@ pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepare
             message: "a queued route has no destination".into(),
         },
     })?;
-    let req = ex.render_request(to, "to", &ctx)?;
+    let out = ex.render_request(to, "to", &ctx)?;
     let ordering_key = match &route.ordering_key {
         Some(t) => {
             Some(
@@ -495,7 +558,7 @@ pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepare
         None => None,
     };
     Ok(Prepared {
-        request: StoredRequest::from_request(&req),
+        request: StoredRequest::from_outgoing(&out),
         ordering_key,
     })
 }
@@ -505,7 +568,7 @@ pub async fn deliver(
     route: &Route,
     request: &StoredRequest,
     message_id: &str,
-) -> Result<tilts_adapters::http::HttpResponse, DeliveryError> {
+) -> Result<Answer, DeliveryError> {
     use tilts_adapters::contract::FailureKind;
     let Some(to) = &route.to else {
         return Err(DeliveryError {
@@ -516,7 +579,7 @@ pub async fn deliver(
         });
     };
     let bad = |what: &str| DeliveryError {
-        system: to.system.name().to_string(),
+        system: to.system.name.clone(),
         kind: FailureKind::Request,
         retry_after: None,
         detail: format!("stored request has an invalid {what}"),
@@ -539,11 +602,15 @@ pub async fn deliver(
         body: request.body.clone().map(Bytes::from),
         timeout: to.timeout,
     };
-    match send(to, &route.id, "to", req).await {
+    let user_id = match &request.user_id {
+        Some(u) => Some(u.parse::<UserId>().map_err(|_| bad("user id"))?),
+        None => None,
+    };
+    match send(to, &route.id, "to", req, message_id, user_id.as_ref()).await {
         Ok(resp) => Ok(resp),
         Err(RouteError::Upstream { error, .. }) => Err(error),
         Err(other) => Err(DeliveryError {
-            system: to.system.name().to_string(),
+            system: to.system.name.clone(),
             kind: FailureKind::Request,
             retry_after: None,
             detail: other.to_string(),
@@ -566,19 +633,4 @@ fn encode(r: Rendered, format: Format) -> (&'static str, Bytes) {
         ),
         Rendered::Text(s) => (format.content_type(), Bytes::from(s)),
     }
-}
-
-/// A system's answer as data: JSON when it is JSON, text otherwise, null when empty.
-fn parse_body(headers: &http::HeaderMap, body: &[u8]) -> Value {
-    if body.is_empty() {
-        return Value::Null;
-    }
-    let is_json = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
-    if is_json && let Ok(v) = serde_json::from_slice(body) {
-        return v;
-    }
-    Value::String(String::from_utf8_lossy(body).into_owned())
 }

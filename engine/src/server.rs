@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tilts_adapters::contract::FailureKind;
 
 use crate::config::types::Delivery;
-use crate::plan::{Plan, Route};
+use crate::plan::{Ingress, Plan, Route};
 use crate::problem::Problem;
 use crate::runtime::{self, Input, RouteError};
 use crate::store::{
@@ -45,6 +45,10 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
     });
     let mut router = Router::new();
     for route in &plan.routes {
+        if let Ingress::Soap(_) = route.ingress {
+            router = crate::soap_ingress::route(router, state.clone(), route.clone());
+            continue;
+        }
         let filter = MethodFilter::try_from(route.method.clone()).unwrap_or(MethodFilter::POST);
         let st = state.clone();
         let r = route.clone();
@@ -85,7 +89,7 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
     (router, state)
 }
 
-async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
+pub(crate) async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
     let started = Instant::now();
     // Queued messages get their store id (UUIDv7) here, so `{{message.id}}` in templates is
     // the id delivered as X-Tilts-Message-Id.
@@ -456,6 +460,7 @@ pub fn problem_for(e: &RouteError) -> Problem {
                 FailureKind::Connect => {
                     (502, "upstream-unreachable", "A system could not be reached")
                 }
+                FailureKind::Fault(_) => (502, "upstream-fault", "A system answered with a fault"),
                 _ => (502, "upstream-error", "A system's answer could not be used"),
             };
             let mut p = Problem::new(status, kind, title, format!("{label}: {error}"));
@@ -477,12 +482,30 @@ fn parse_request_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<V
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    if is_xml_content_type(ct) {
+        // XML bodies are read as data (see tilts_adapters::xml); DTDs are refused, so XXE and
+        // entity expansion attacks get a 400 like any other malformed body.
+        let limits = tilts_adapters::xml::Limits {
+            max_bytes: bytes.len().max(1),
+            ..Default::default()
+        };
+        return tilts_adapters::xml::to_json(bytes, &limits)
+            .map(crate::exchange::local_names)
+            .map_err(|e| {
+                Problem::new(
+                    400,
+                    "malformed-xml",
+                    "The body is not acceptable XML",
+                    e.to_string(),
+                )
+            });
+    }
     if !(ct.starts_with("application/json") || ct.contains("+json")) {
         return Err(Problem::new(
             415,
             "unsupported-media-type",
             "Unsupported content type",
-            "send the body as application/json",
+            "send the body as application/json or application/xml",
         ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
@@ -497,6 +520,17 @@ fn parse_request_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<V
             ),
         )
     })
+}
+
+/// Whether a content type is XML (`application/xml`, `text/xml`, `application/*+xml`).
+pub(crate) fn is_xml_content_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
 }
 
 async fn path_params(parts: &mut axum::http::request::Parts) -> Map<String, Value> {

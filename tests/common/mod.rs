@@ -155,7 +155,8 @@ impl Tilts {
             .env("TILTS_LOG", log)
             .env("ENTERPRISE_REGISTER_URL", sims.enterprise_register.url())
             .env("ADDRESS_REGISTER_URL", sims.address_register.url())
-            .env("SOCIAL_SERVICES_URL", sims.social_services.url());
+            .env("SOCIAL_SERVICES_URL", sims.social_services.url())
+            .env("POPULATION_REGISTER_URL", sims.population_register.url());
         for (k, v) in &launch.env {
             command.env(k, v);
         }

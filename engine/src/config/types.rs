@@ -130,6 +130,15 @@ pub struct SystemConfig {
     /// Reach the system over HTTP/REST.
     #[serde(default)]
     pub http: Option<HttpSystemConfig>,
+    /// The system speaks SOAP over its `http` transport: calls send an envelope and read
+    /// the answer's Body as data (faults become errors, or data with `faults: accept`).
+    #[serde(default)]
+    pub soap: Option<SoapSystemConfig>,
+    /// An exchange profile the system requires: `x_road` (X-Road 4.0 SOAP headers),
+    /// `x_road_rest` (X-Road REST form), `viss` (VISS request service: StartTransaction,
+    /// then SubmitSync) or `dagr` (DAGR data platform permission header).
+    #[serde(default)]
+    pub exchange: Option<ExchangeConfig>,
     /// Whole-request timeout for calls to this system (connect, send, read the answer). Default `10s`.
     #[serde(default)]
     pub timeout: Option<Dur>,
@@ -150,6 +159,103 @@ pub struct HttpSystemConfig {
     /// How tilts authenticates itself. Put secrets in the environment: `${SECRET_NAME}`.
     #[serde(default)]
     pub auth: Option<HttpAuthConfig>,
+    /// Client certificate (mTLS) and extra trusted CAs for `https://` systems.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a system: files in PEM form, normally given through the environment
+/// (`${PMLP_CLIENT_CERT}`). Relative paths are relative to the route file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Client certificate chain (PEM) presented to the system. Needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// Private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// CA bundle (PEM) trusted for this system in addition to the built-in roots, e.g. a
+    /// registry's test environment CA.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+/// SOAP settings of a system.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SoapSystemConfig {
+    /// `"1.1"` (default) or `"1.2"`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Send WS-Addressing 1.0 headers (Action, MessageID, ReplyTo, To). Default false
+    /// (the `viss` profile always sends them).
+    #[serde(default)]
+    pub addressing: Option<bool>,
+}
+
+/// Exchange profiles. Exactly one key.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ExchangeConfig {
+    /// X-Road message protocol 4.0 over SOAP 1.1: `client`, `service`, `id`, `userId`,
+    /// `protocolVersion` headers.
+    XRoad(XRoadConfig),
+    /// X-Road REST: `/r1/{service}/...` paths and `X-Road-Client`, `X-Road-Id`,
+    /// `X-Road-UserId` headers.
+    XRoadRest(XRoadConfig),
+    /// VISS request service (SOAP 1.2, WS-Addressing, WS-Security timestamp): each call
+    /// starts a transaction, then submits the request with an `IVISRequest` header.
+    Viss(VissConfig),
+    /// DAGR data platform: every request carries `X-DAGR-Permission`; pair with
+    /// `http.auth.dagr` for the token.
+    Dagr(DagrConfig),
+}
+
+/// X-Road identifiers of a system.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct XRoadConfig {
+    /// Our own subsystem: `INSTANCE/CLASS/MEMBER/SUBSYSTEM`, e.g. `LV/GOV/90000038741/tilts`.
+    pub client: String,
+    /// Default service: `INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE[/VERSION]`; a call's
+    /// `service` overrides it.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// VISS request service settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VissConfig {
+    /// e-service id passed to StartTransaction, e.g. `EP-PMLP-PERSON-v1-0`.
+    pub e_service: String,
+    /// Our system's URN, e.g. `URN:IVIS:100001:IS-TILTS`.
+    pub sender: String,
+    /// The target system's URN, e.g. `URN:IVIS:100001:IS-PMLP`.
+    pub destination: String,
+    /// Default MessageType URN; a call's `message_type` overrides it.
+    #[serde(default)]
+    pub message_type: Option<String>,
+    /// Mark requests as test traffic (`<Test>true</Test>`). Default false.
+    #[serde(default)]
+    pub test: bool,
+    /// WS-Addressing Action of StartTransaction (the published URI is unconfirmed).
+    #[serde(default)]
+    pub start_action: Option<String>,
+    /// WS-Addressing Action of SubmitSync (the published URI is unconfirmed).
+    #[serde(default)]
+    pub submit_action: Option<String>,
+}
+
+/// DAGR settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DagrConfig {
+    /// Default permission number sent as `X-DAGR-Permission`; a call's `permission`
+    /// overrides it.
+    #[serde(default)]
+    pub permission: Option<String>,
 }
 
 /// Authentication towards an HTTP system.
@@ -166,6 +272,22 @@ pub enum HttpAuthConfig {
         username: String,
         /// The password, normally `${SOME_PASSWORD}`.
         password: String,
+    },
+    /// OAuth2 client credentials: a token is fetched from `token_url`, cached until it
+    /// expires, and sent as `Authorization: Bearer`.
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        /// The client secret, normally `${SOME_SECRET}`.
+        client_secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+    },
+    /// DAGR: a token fetched from `token_url` with `client_id` over the system's client
+    /// certificate (`http.tls`), cached until it expires.
+    Dagr {
+        token_url: String,
+        client_id: String,
     },
 }
 
@@ -260,6 +382,32 @@ pub struct RetryConfig {
 pub enum Source {
     /// An HTTP endpoint on tilts' listener.
     Http(HttpSource),
+    /// A SOAP endpoint on tilts' listener: callers POST an envelope; the Body's content is
+    /// `body` (XML read as data), the answer is wrapped in an envelope, errors are Faults.
+    /// `GET path?wsdl` serves the service description.
+    Soap(SoapSource),
+}
+
+/// A SOAP endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SoapSource {
+    /// Path beginning with `/`, e.g. `/soap/person`.
+    pub path: String,
+    /// `"1.1"` (default) or `"1.2"`; an envelope of the other version gets a VersionMismatch fault.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The operation: the local name of the Body's request element, e.g. `GetPerson`. Also
+    /// names the operation in the generated WSDL.
+    pub operation: String,
+    /// Target namespace of the service (generated WSDL, answer element). Default
+    /// `urn:x-tilts:<route id>`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A WSDL file in the mappings folder served at `GET path?wsdl` instead of the generated
+    /// one; `{{address}}` in it is replaced by the endpoint's URL.
+    #[serde(default)]
+    pub wsdl: Option<String>,
 }
 
 /// An HTTP endpoint.
@@ -289,7 +437,7 @@ pub enum Step {
     /// current message with the result; `{template, as}` keeps it under a name instead.
     Map(MapStep),
     /// Request/response to a system; the answer is available to later steps under `as`.
-    Call(CallStep),
+    Call(Box<CallStep>),
     /// Content-based routing: the first branch whose `when` holds runs; `otherwise` runs when none does.
     Choice(Vec<ChoiceBranch>),
     /// Answer the caller now and end the route.
@@ -377,6 +525,40 @@ pub struct CallStep {
     /// Timeout for this call, overriding the system's.
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// SOAP systems: the SOAPAction (1.1) / action parameter and WS-Addressing Action (1.2).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// SOAP systems: `fail` (default: a Fault fails the call, retryable when it is a Server
+    /// fault) or `accept` (a Fault is an answer: `NAME.fault` holds code, subcode, reason).
+    #[serde(default)]
+    pub faults: Option<FaultHandling>,
+    /// `x_road` / `x_road_rest` systems: the service, overriding the system's
+    /// (`INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE[/VERSION]`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `viss` systems: the MessageType URN, overriding the system's.
+    #[serde(default)]
+    pub message_type: Option<String>,
+    /// `dagr` systems: the permission number, overriding the system's.
+    #[serde(default)]
+    pub permission: Option<String>,
+    /// The employee on whose behalf the call is made, `AU:<institution reg no>-PK:<personal
+    /// code>` (a template, e.g. `"{{headers.x-user-id}}"`): sent as the X-Road `userId` or the
+    /// VISS `Initiator`, masked in logs.
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// What a SOAP Fault does to a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultHandling {
+    /// The call fails: 502 on a sync route; a retry (Server fault) or a dead letter (other
+    /// faults) on a queued one.
+    #[default]
+    Fail,
+    /// The call answers: `NAME.fault` is `{code, subcode, reason, detail}`, `NAME.body` null.
+    Accept,
 }
 
 /// An HTTP status (`404`) or a class (`"4xx"`).
@@ -497,6 +679,21 @@ pub struct Destination {
     /// Statuses that count as delivered. Default `["2xx"]`.
     #[serde(default)]
     pub accept: Vec<StatusPattern>,
+    /// SOAP systems: the SOAPAction / WS-Addressing Action.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// `x_road` / `x_road_rest` systems: the service, overriding the system's.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `viss` systems: the MessageType URN, overriding the system's.
+    #[serde(default)]
+    pub message_type: Option<String>,
+    /// `dagr` systems: the permission number, overriding the system's.
+    #[serde(default)]
+    pub permission: Option<String>,
+    /// The employee on whose behalf the message is delivered (`AU:...-PK:...`, a template).
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// A duration written with a unit: `250ms`, `5s`, `2m`, `1h`, `1d`.

@@ -1,0 +1,528 @@
+//! Talking to a system the way it expects: plain HTTP/REST, SOAP envelopes, and the exchange
+//! profiles a system declares (X-Road 4.0 SOAP, X-Road REST, the VISS request service, DAGR).
+//!
+//! The runtime renders a call's *logical* request (path, headers, payload) from the route's
+//! templates; [`send`] frames it for the system at send time, so a queued message stores only
+//! the payload and every attempt gets fresh transport ids (a WS-Addressing MessageID, an X-Road
+//! `id`, a VISS transaction), while `X-Tilts-Message-Id` and the VISS CorrelationID stay the
+//! message's own id across attempts.
+//!
+//! What comes back is an [`Answer`]: the status, headers and payload, plus the payload as data
+//! (JSON as is; XML converted with namespaces and attributes kept, see
+//! `tilts_adapters::xml`) and, for SOAP, the Fault when the call accepts faults. Failures are
+//! classified for the engine: connect errors, timeouts, 5xx, 429 and SOAP Server faults may
+//! pass; other statuses and faults are permanent; an answer that is not what the protocol
+//! promises (not an envelope, no transaction id) is a protocol failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use tilts_adapters::contract::{DeliveryError, FailureKind};
+use tilts_adapters::http::{HttpRequest, HttpResponse, MAX_RESPONSE_BYTES};
+use tilts_adapters::profile::{self, UserId, VissRequestHeader, XRoadHeader};
+use tilts_adapters::soap::{self, Addressing, Envelope, ParsedEnvelope, SoapVersion};
+use tilts_adapters::xml;
+
+use crate::plan::{Call, Profile, Soap};
+
+/// The validity window of the WS-Security timestamp on VISS requests.
+const VISS_TIMESTAMP_TTL: Duration = Duration::from_secs(300);
+
+/// Deepest XML tilts reads from a peer.
+const MAX_XML_DEPTH: usize = 64;
+
+/// XML read as data for templates and conditions: element and attribute names without their
+/// prefixes (a peer may choose any prefix, so routes must not depend on them) and without
+/// namespace declarations. The exact form is the XML text (`Answer::body`), and
+/// `tilts_adapters::xml` converts losslessly where that matters. Two names that differ only by
+/// prefix become one array.
+pub fn local_names(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = serde_json::Map::with_capacity(m.len());
+            for (k, v) in m {
+                if k == "@xmlns" || k.starts_with("@xmlns:") {
+                    continue;
+                }
+                let key = match k.strip_prefix('@') {
+                    Some(attr) => format!("@{}", local(attr)),
+                    None => local(&k).to_string(),
+                };
+                let v = local_names(v);
+                match out.get_mut(&key) {
+                    None => {
+                        out.insert(key, v);
+                    }
+                    Some(Value::Array(items)) if !key.starts_with('@') => items.push(v),
+                    Some(existing) => {
+                        let first = existing.take();
+                        *existing = Value::Array(vec![first, v]);
+                    }
+                }
+            }
+            // An element left with only its text reads as a string, as the conversion writes it.
+            if out.len() == 1
+                && let Some(Value::String(_)) = out.get("#text")
+            {
+                return out.remove("#text").unwrap_or_default();
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(local_names).collect()),
+        other => other,
+    }
+}
+
+fn local(qname: &str) -> &str {
+    qname.rsplit(':').next().unwrap_or(qname)
+}
+
+/// A system's answer to one call.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The payload: the HTTP body, or for SOAP the Body's content (for VISS the SubmitSync
+    /// result), as XML text.
+    pub body: Bytes,
+    /// Content type of `body`.
+    pub content_type: String,
+    /// `body` as data: JSON as is, XML converted, other text as a string, null when empty.
+    pub data: Value,
+    /// The SOAP Fault as data (`{code, subcode, reason, ...}`) when the call accepts faults.
+    pub fault: Option<Value>,
+}
+
+impl Answer {
+    /// The form later steps read under the call's `as` name.
+    pub fn to_value(&self) -> Value {
+        let headers: serde_json::Map<String, Value> = self
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str().to_string(),
+                    Value::String(v.to_str().ok()?.to_string()),
+                ))
+            })
+            .collect();
+        let mut v = serde_json::json!({
+            "status": self.status,
+            "headers": headers,
+            "body": self.data,
+        });
+        if let Some(f) = &self.fault {
+            v["fault"] = f.clone();
+        }
+        v
+    }
+}
+
+/// Sends one logical request to `call`'s system, framed as the system requires.
+/// `correlation_id` is the tilts message id (stable across attempts).
+pub async fn send(
+    call: &Call,
+    req: HttpRequest,
+    correlation_id: &str,
+    user_id: Option<&UserId>,
+) -> Result<Answer, DeliveryError> {
+    let sys = &call.system;
+    match (&sys.soap, &sys.profile) {
+        (Some(soap), Some(Profile::Viss { .. })) => {
+            viss(call, *soap, req, correlation_id, user_id).await
+        }
+        (Some(soap), _) => soap_call(call, *soap, req, user_id).await,
+        (None, _) => rest(call, req, user_id).await,
+    }
+}
+
+fn err(call: &Call, kind: FailureKind, detail: impl Into<String>) -> DeliveryError {
+    DeliveryError {
+        system: call.system.name.clone(),
+        kind,
+        retry_after: None,
+        detail: detail.into(),
+    }
+}
+
+/// Plain HTTP/REST, with the X-Road REST or DAGR framing when the system has it.
+async fn rest(
+    call: &Call,
+    mut req: HttpRequest,
+    user_id: Option<&UserId>,
+) -> Result<Answer, DeliveryError> {
+    match &call.system.profile {
+        Some(Profile::XRoadRest { client, .. }) => {
+            let service = call
+                .service
+                .as_ref()
+                .ok_or_else(|| err(call, FailureKind::Request, "no X-Road service"))?;
+            req.path = profile::xroad_rest_path(service, &req.path);
+            let id = uuid::Uuid::new_v4().to_string();
+            let headers = profile::xroad_rest_headers(client, &id, user_id, None)
+                .map_err(|e| err(call, FailureKind::Request, e.to_string()))?;
+            req.headers.extend(headers);
+        }
+        Some(Profile::Dagr { .. }) => {
+            if let Some(p) = &call.permission {
+                let value = HeaderValue::from_str(p).map_err(|_| {
+                    err(
+                        call,
+                        FailureKind::Request,
+                        "the DAGR permission is not a valid header value",
+                    )
+                })?;
+                req.headers
+                    .push((HeaderName::from_static("x-dagr-permission"), value));
+            }
+        }
+        _ => {}
+    }
+    let resp = call.system.http.send(req).await?;
+    let accepted = call.accept.iter().any(|a| a.matches(resp.status));
+    if !accepted {
+        if matches!(call.system.profile, Some(Profile::XRoadRest { .. }))
+            && let Some(e) = profile::parse_xroad_rest_error(&resp.body)
+        {
+            let mut error = resp.into_status_error(&call.system.name);
+            if e.retry() == tilts_adapters::contract::Retry::Permanent {
+                // An X-Road Client.* error is the caller's fault whatever the status says.
+                error.kind = FailureKind::Fault(e.retry());
+            }
+            error.detail =
+                tilts_adapters::redact::redact(&format!("X-Road error {}", e.type_)).into_owned();
+            return Err(error);
+        }
+        return Err(resp.into_status_error(&call.system.name));
+    }
+    Ok(rest_answer(resp))
+}
+
+fn rest_answer(resp: HttpResponse) -> Answer {
+    let content_type = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let data = parse_body(&content_type, &resp.body);
+    Answer {
+        status: resp.status,
+        headers: resp.headers,
+        body: resp.body,
+        content_type,
+        data,
+        fault: None,
+    }
+}
+
+/// A body as data: JSON when it is JSON, XML converted when it is XML, text otherwise, null
+/// when empty.
+pub fn parse_body(content_type: &str, body: &[u8]) -> Value {
+    if body.is_empty() {
+        return Value::Null;
+    }
+    if content_type.contains("json")
+        && let Ok(v) = serde_json::from_slice(body)
+    {
+        return v;
+    }
+    if content_type.contains("xml")
+        && let Ok(v) = xml::to_json(body, &xml_limits())
+    {
+        return local_names(v);
+    }
+    Value::String(String::from_utf8_lossy(body).into_owned())
+}
+
+fn xml_limits() -> xml::Limits {
+    xml::Limits {
+        max_bytes: MAX_RESPONSE_BYTES,
+        ..xml::Limits::default()
+    }
+}
+
+/// The payload of a SOAP call as XML text: a template's output as is, the current message
+/// converted when it is JSON data.
+pub fn soap_payload(body: Option<&Bytes>) -> &str {
+    body.map(|b| std::str::from_utf8(b).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// One SOAP request/response (plain or X-Road).
+async fn soap_call(
+    call: &Call,
+    soap: Soap,
+    req: HttpRequest,
+    user_id: Option<&UserId>,
+) -> Result<Answer, DeliveryError> {
+    let mut header_blocks = Vec::new();
+    if let Some(Profile::XRoad { client, .. }) = &call.system.profile {
+        let service = call
+            .service
+            .clone()
+            .ok_or_else(|| err(call, FailureKind::Request, "no X-Road service"))?;
+        header_blocks.extend(profile::xroad_soap_headers(&XRoadHeader {
+            client: client.clone(),
+            service,
+            id: uuid::Uuid::new_v4().to_string(),
+            user_id: user_id.cloned(),
+            issue: None,
+            protocol_version: "4.0".into(),
+        }));
+    }
+    let addressing = soap.addressing.then(|| {
+        Addressing::new(
+            call.action.clone().unwrap_or_default(),
+            Some(call.system.http.url_for(&req.path)),
+        )
+    });
+    let payload = soap_payload(req.body.as_ref()).to_string();
+    let (parsed, status, headers) = post_envelope(
+        call,
+        soap.version,
+        call.action.as_deref(),
+        &req,
+        header_blocks,
+        addressing,
+        &payload,
+    )
+    .await?;
+    finish(call, parsed, status, headers, |body| Ok(body.to_string()))
+}
+
+/// The VISS request service: StartTransaction, then SubmitSync with the transaction id.
+async fn viss(
+    call: &Call,
+    soap: Soap,
+    req: HttpRequest,
+    correlation_id: &str,
+    user_id: Option<&UserId>,
+) -> Result<Answer, DeliveryError> {
+    let Some(Profile::Viss {
+        e_service,
+        sender,
+        destination,
+        test,
+        start_action,
+        submit_action,
+        ..
+    }) = &call.system.profile
+    else {
+        return Err(err(call, FailureKind::Request, "not a VISS system"));
+    };
+    let to = call.system.http.url_for(&req.path);
+    let now = chrono::Utc::now();
+    // 1. StartTransaction.
+    let start = Addressing::new(start_action.clone(), Some(to.clone()));
+    let body = profile::start_transaction_body(e_service);
+    let (parsed, status, _) = post_envelope(
+        call,
+        soap.version,
+        Some(start_action),
+        &req,
+        vec![profile::wsse_timestamp(now, VISS_TIMESTAMP_TTL)],
+        Some(start),
+        &body,
+    )
+    .await?;
+    if let Some(f) = &parsed.fault {
+        return Err(f.to_delivery_error(&call.system.name));
+    }
+    if !(200..300).contains(&status) {
+        return Err(err(
+            call,
+            FailureKind::Status(status),
+            "StartTransaction was not answered",
+        ));
+    }
+    let transaction_id = profile::parse_start_transaction_response(&parsed.body).map_err(|e| {
+        err(
+            call,
+            FailureKind::Protocol,
+            format!("StartTransaction answer unreadable: {e}"),
+        )
+    })?;
+    // 2. SubmitSync.
+    let message_type = call
+        .message_type
+        .clone()
+        .ok_or_else(|| err(call, FailureKind::Request, "no VISS MessageType"))?;
+    let header = profile::viss_request_header(&VissRequestHeader {
+        message_id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        message_type,
+        transaction_id,
+        correlation_id: format!("urn:uuid:{correlation_id}"),
+        sender: sender.clone(),
+        destination: destination.clone(),
+        test: *test,
+        milestone_id: None,
+        initiator: user_id.cloned(),
+    });
+    let submit = Addressing::new(submit_action.clone(), Some(to));
+    let body = profile::submit_sync_body(soap_payload(req.body.as_ref()));
+    let (parsed, status, headers) = post_envelope(
+        call,
+        soap.version,
+        Some(submit_action),
+        &req,
+        vec![header, profile::wsse_timestamp(now, VISS_TIMESTAMP_TTL)],
+        Some(submit),
+        &body,
+    )
+    .await?;
+    finish(call, parsed, status, headers, |body| {
+        profile::unwrap_submit_sync_response(body).map_err(|e| e.to_string())
+    })
+}
+
+/// Builds and posts one envelope; reads the answer as an envelope.
+async fn post_envelope(
+    call: &Call,
+    version: SoapVersion,
+    action: Option<&str>,
+    req: &HttpRequest,
+    header_blocks: Vec<String>,
+    addressing: Option<Addressing>,
+    body: &str,
+) -> Result<(ParsedEnvelope, u16, HeaderMap), DeliveryError> {
+    let envelope = soap::build_envelope(&Envelope {
+        version,
+        header_blocks,
+        addressing,
+        body,
+    });
+    let mut headers: Vec<(HeaderName, HeaderValue)> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != http::header::CONTENT_TYPE)
+        .cloned()
+        .collect();
+    headers.extend(soap::request_headers(version, action));
+    let resp = call
+        .system
+        .http
+        .send(HttpRequest {
+            method: http::Method::POST,
+            path: req.path.clone(),
+            headers,
+            body: Some(Bytes::from(envelope)),
+            timeout: req.timeout,
+        })
+        .await?;
+    let status = resp.status;
+    match soap::parse_envelope(&resp.body, MAX_RESPONSE_BYTES, MAX_XML_DEPTH) {
+        Ok(parsed) => Ok((parsed, status, resp.headers)),
+        Err(e) => {
+            // Not an envelope: a gateway error page, say. The status tells more than the body.
+            if !(200..300).contains(&status) {
+                Err(resp.into_status_error(&call.system.name))
+            } else {
+                Err(err(
+                    call,
+                    FailureKind::Protocol,
+                    format!("the answer is not a SOAP envelope: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Applies the call's fault and status rules to a parsed answer.
+fn finish(
+    call: &Call,
+    parsed: ParsedEnvelope,
+    status: u16,
+    headers: HeaderMap,
+    unwrap: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<Answer, DeliveryError> {
+    if let Some(f) = &parsed.fault {
+        if !call.accept_faults {
+            return Err(f.to_delivery_error(&call.system.name));
+        }
+        return Ok(Answer {
+            status,
+            headers,
+            body: Bytes::new(),
+            content_type: "application/xml".into(),
+            data: Value::Null,
+            fault: Some(fault_value(f)),
+        });
+    }
+    if !call.accept.iter().any(|a| a.matches(status)) {
+        return Err(err(
+            call,
+            FailureKind::Status(status),
+            "a SOAP answer with a status the call does not accept",
+        ));
+    }
+    let payload = unwrap(&parsed.body).map_err(|e| {
+        err(
+            call,
+            FailureKind::Protocol,
+            format!("answer unreadable: {e}"),
+        )
+    })?;
+    let data = if payload.trim().is_empty() {
+        Value::Null
+    } else {
+        local_names(
+            xml::fragment_to_json(payload.as_bytes(), &xml_limits()).map_err(|e| {
+                err(
+                    call,
+                    FailureKind::Protocol,
+                    format!("the answer's Body is not readable XML: {e}"),
+                )
+            })?,
+        )
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body: Bytes::from(payload),
+        content_type: "application/xml".into(),
+        data,
+        fault: None,
+    })
+}
+
+/// A fault as data, with its detail converted when it is XML.
+fn fault_value(f: &soap::Fault) -> Value {
+    let mut v = f.to_json();
+    if let Some(d) = &f.detail
+        && let Ok(data) = xml::fragment_to_json(d.as_bytes(), &xml_limits())
+    {
+        v["detail"] = local_names(data);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn local_names_drop_prefixes_and_declarations() {
+        let v = json!({"pr:GetPersonResponse": {
+            "@xmlns:pr": "urn:x", "@pr:version": "1",
+            "pr:Person": {"pr:GivenName": "Anna", "pr:DeclaredAddress": {"@code": "103", "#text": "Rīga"}},
+            "a:Note": "one", "b:Note": "two"
+        }});
+        assert_eq!(
+            local_names(v),
+            json!({"GetPersonResponse": {
+                "@version": "1",
+                "Person": {"GivenName": "Anna", "DeclaredAddress": {"@code": "103", "#text": "Rīga"}},
+                "Note": ["one", "two"]
+            }})
+        );
+        // An element whose only other key was a namespace declaration reads as its text.
+        assert_eq!(
+            local_names(json!({"x:Status": {"@xmlns:x": "urn:x", "#text": "active"}})),
+            json!({"Status": "active"})
+        );
+    }
+}
