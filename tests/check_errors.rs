@@ -149,6 +149,33 @@ const CASES: &[Case] = &[
   help: did you mean `enterprise-register`?"],
     },
     Case {
+        dir: "exchange-profiles",
+        env: &[],
+        diagnostics: &[
+            "@/routes.yaml:7:22: error in system population-register › soap.version: X-Road 4.0 messages are SOAP 1.1
+  help: remove `version` or write \"1.1\"",
+            "@/routes.yaml:10:17: error in system population-register › exchange.x_road.client: an X-Road client must be written INSTANCE/CLASS/MEMBER or INSTANCE/CLASS/MEMBER/SUBSYSTEM (e.g. EE/GOV/70000310/subsys), each part visible ASCII without : ; % / \\ ? #",
+            "@/routes.yaml:14:14: error in system viss-register › timeout: a delivery to `viss-register` may take longer than `server.lease` (120s): two requests (StartTransaction and SubmitSync) of `timeout` each, and another worker would deliver the message again while it is still in flight
+  help: make `server.lease` longer than every delivery, or the timeout shorter",
+            "@/routes.yaml:25:15: error in route person-lookup › steps[0].call: a VISS call needs a MessageType, and system `viss-register` has no default
+  help: add `message_type: URN:IVIS:...`",
+            "@/routes.yaml:26:64: error in route person-lookup › steps[1].call.faults: `faults` applies to SOAP systems, and system `enterprise-register` is not one
+  help: remove `faults`, or give system `enterprise-register` `soap:`",
+            "@/routes.yaml:26:80: error in route person-lookup › steps[1].call.permission: `permission` applies to DAGR systems, and system `enterprise-register` is not one
+  help: remove `permission`, or give system `enterprise-register` `exchange: { dagr: ... }`",
+        ],
+    },
+    Case {
+        dir: "tls-files",
+        env: &[],
+        diagnostics: &[
+            "@/routes.yaml:8:12: error in system dagr › http.tls: cannot read client_cert '@/certs/tilts.pem': No such file or directory (os error 2); check the path and the file permissions
+  help: give PEM files: client_cert with client_key, and/or ca",
+            "@/routes.yaml:13:9: error in system dagr-no-cert › http.auth.dagr: DAGR issues tokens against a client certificate, and this system has none
+  help: add `tls: { client_cert: ..., client_key: ... }` under `http`",
+        ],
+    },
+    Case {
         dir: "unknown-system-to",
         env: &[],
         diagnostics: &["@/routes.yaml:20:15: error in route application-submit › to.system: unknown system `social-service`

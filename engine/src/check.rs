@@ -1567,10 +1567,19 @@ impl Checker {
         let name = &sys.name;
         let mut out = CallExchange::default();
         let not_for = |this: &mut Self, field: &str, what: &str| {
+            let declare = match what {
+                "SOAP systems" => "`soap:`",
+                "X-Road systems" => "`exchange: { x_road: ... }`",
+                "VISS systems" => "`exchange: { viss: ... }`",
+                "DAGR systems" => "`exchange: { dagr: ... }`",
+                _ => "an `exchange:` profile",
+            };
             this.push_key(
                 &format!("{ptr}/{field}"),
                 format!("`{field}` applies to {what}, and system `{name}` is not one"),
-                Some(format!("remove `{field}`, or declare it on the system")),
+                Some(format!(
+                    "remove `{field}`, or give system `{name}` {declare}"
+                )),
             );
         };
         if sys.soap.is_none() {
