@@ -6,6 +6,7 @@
 //! dead letters belong to the engine (see `../shared/STYLE.md`, "adapters classify, the engine
 //! retries").
 //!
+//! - [`amqp`]: RabbitMQ (AMQP 0-9-1): topology, confirmed publishing, acknowledged consuming, reconnects.
 //! - [`contract`]: the outcome classes every adapter reports.
 //! - [`http`]: HTTP/REST request/response to a declared system.
 //! - [`ident`]: Latvian identifiers (personal codes, Enterprise Register numbers): validation and masking.
@@ -17,6 +18,7 @@
 //! - [`token`]: access tokens fetched and cached per system (OAuth2 client credentials, DAGR).
 //! - [`sim`]: simulators of the systems tilts talks to, for tests and `tilts demo`.
 
+pub mod amqp;
 pub mod contract;
 pub mod http;
 pub mod ident;

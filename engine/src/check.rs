@@ -10,6 +10,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tilts_adapters::amqp::{
+    AmqpSpec, Binding, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec, Topology,
+};
 use tilts_adapters::http::{HttpAuth, HttpSystem, HttpSystemSpec};
 use tilts_adapters::ident;
 use tilts_adapters::profile::{self, XRoadClient, XRoadService};
@@ -42,6 +45,18 @@ pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
 pub fn load_with_env(
     path: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan, Diagnostics> {
+    load_with(path, lookup, &|_| {})
+}
+
+/// [`load_with_env`], with `rewrite` applied to the parsed file before `${VAR}`s are filled in
+/// and anything is checked. `tilts test` uses it to point every system at a stand-in (it
+/// replaces `http.url` and drops `http.tls` and `http.auth`, so their variables need not be
+/// set). `rewrite` must only replace or remove values: positions stay those of the file.
+pub fn load_with(
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    rewrite: &dyn Fn(&mut Value),
 ) -> Result<Plan, Diagnostics> {
     let mut c = Checker::new(path);
     let text = match std::fs::read_to_string(path) {
@@ -80,6 +95,7 @@ pub fn load_with_env(
         );
     }
     let mut root = std::mem::take(&mut c.located.value);
+    rewrite(&mut root);
     let mut env_problems = Vec::new();
     env::interpolate(&mut root, "", lookup, &mut env_problems);
     for p in env_problems {
@@ -399,6 +415,35 @@ impl Checker {
             }
         }
 
+        if let Some(c) = &settings.catalogue {
+            let cp = "/server/catalogue";
+            match systems.get(&c.system) {
+                Some(sys) if sys.http().is_some() => {}
+                Some(_) => self.push(
+                    &format!("{cp}/system"),
+                    format!("the catalogue `{}` must be an HTTP system", c.system),
+                    None,
+                ),
+                None if !self.system_names.contains(&c.system) => self.push(
+                    &format!("{cp}/system"),
+                    format!("unknown system `{}`", c.system),
+                    Some("declare the catalogue (PIKTAPS) under `systems:`".into()),
+                ),
+                None => {}
+            }
+            if c.system_code.is_empty()
+                || !c
+                    .system_code
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                self.push(
+                    &format!("{cp}/system_code"),
+                    "`system_code` is letters, digits, `-` and `_`",
+                    Some("e.g. system_code: RIGA-TILTS".into()),
+                );
+            }
+        }
         let mut routes = Vec::new();
         let empty_routes = Vec::new();
         let route_list = match obj.get("routes") {
@@ -517,11 +562,14 @@ impl Checker {
                 None,
             );
         }
+        if let Some(amqp) = &cfg.amqp {
+            return self.check_amqp_system(ptr, name, cfg, amqp, connect_timeout, timeout);
+        }
         let Some(http) = &cfg.http else {
             self.push(
                 ptr,
                 format!("system `{name}` says nothing about how to reach it"),
-                Some("add `http: { url: https://... }`".into()),
+                Some("add `http: { url: https://... }` (or `amqp: { url: amqp://... }` for a broker)".into()),
             );
             return None;
         };
@@ -630,7 +678,7 @@ impl Checker {
         }) {
             Ok(http) => Some(Arc::new(plan::System {
                 name: name.to_string(),
-                http,
+                transport: plan::Transport::Http(http),
                 soap,
                 profile,
             })),
@@ -639,6 +687,163 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A RabbitMQ broker: its URL and topology. Nothing connects here; `tilts serve`
+    /// connects on first use and keeps reconnecting.
+    fn check_amqp_system(
+        &mut self,
+        ptr: &str,
+        name: &str,
+        cfg: &types::SystemConfig,
+        amqp: &types::AmqpSystemConfig,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Option<Arc<plan::System>> {
+        let mut ok = true;
+        for (key, present) in [
+            ("http", cfg.http.is_some()),
+            ("soap", cfg.soap.is_some()),
+            ("exchange", cfg.exchange.is_some()),
+        ] {
+            if present {
+                ok = false;
+                self.push_key(
+                    &format!("{ptr}/{key}"),
+                    format!("system `{name}` is a broker (`amqp`): `{key}` does not apply"),
+                    Some("declare the broker and the HTTP/SOAP system as two systems".into()),
+                );
+            }
+        }
+        let url_ptr = format!("{ptr}/amqp/url");
+        let amqp_url = amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://");
+        if !self.is_bad(&url_ptr) && !amqp_url {
+            ok = false;
+            // Never echo the URL: it holds the broker password.
+            self.push(
+                &url_ptr,
+                "`url` is not an amqp:// or amqps:// URL",
+                Some("write e.g. amqp://tilts:${AMQP_PASSWORD}@rabbit.example.lv:5672/%2f".into()),
+            );
+        }
+        let mut exchanges = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for (i, e) in amqp.exchanges.iter().enumerate() {
+            let kind = match e.kind.as_deref().unwrap_or("direct") {
+                "direct" => ExchangeKind::Direct,
+                "topic" => ExchangeKind::Topic,
+                "fanout" => ExchangeKind::Fanout,
+                "headers" => ExchangeKind::Headers,
+                other => {
+                    ok = false;
+                    self.push(
+                        &format!("{ptr}/amqp/exchanges/{i}/type"),
+                        format!("`{other}` is not an exchange type"),
+                        Some("write direct, topic, fanout or headers".into()),
+                    );
+                    ExchangeKind::Direct
+                }
+            };
+            if e.name.is_empty() || e.name.starts_with("amq.") {
+                ok = false;
+                self.push(
+                    &format!("{ptr}/amqp/exchanges/{i}/name"),
+                    "an exchange tilts declares needs a name that does not start with `amq.`",
+                    None,
+                );
+            }
+            names.push(&e.name);
+            exchanges.push(ExchangeSpec {
+                name: e.name.clone(),
+                kind,
+                durable: true,
+            });
+        }
+        let mut queues = Vec::new();
+        for (i, q) in amqp.queues.iter().enumerate() {
+            let qp = format!("{ptr}/amqp/queues/{i}");
+            let kind = match q.kind.as_deref().unwrap_or("quorum") {
+                "quorum" => QueueKind::Quorum,
+                "classic" => QueueKind::Classic,
+                other => {
+                    ok = false;
+                    self.push(
+                        &format!("{qp}/type"),
+                        format!("`{other}` is not a queue type tilts declares"),
+                        Some("write quorum (the default) or classic".into()),
+                    );
+                    QueueKind::Quorum
+                }
+            };
+            if q.delivery_limit.is_some() && kind != QueueKind::Quorum {
+                ok = false;
+                self.push_key(
+                    &format!("{qp}/delivery_limit"),
+                    "`delivery_limit` needs a quorum queue",
+                    None,
+                );
+            }
+            for (j, b) in q.bindings.iter().enumerate() {
+                if !names.contains(&b.exchange.as_str()) && !b.exchange.starts_with("amq.") {
+                    ok = false;
+                    self.push(
+                        &format!("{qp}/bindings/{j}/exchange"),
+                        format!(
+                            "exchange `{}` is not declared on system `{name}`",
+                            b.exchange
+                        ),
+                        Some("add it under `exchanges`".into()),
+                    );
+                }
+            }
+            if let Some(dlx) = &q.dead_letter_exchange
+                && !names.contains(&dlx.as_str())
+            {
+                ok = false;
+                self.push(
+                    &format!("{qp}/dead_letter_exchange"),
+                    format!("exchange `{dlx}` is not declared on system `{name}`"),
+                    Some("add it under `exchanges`, with a queue bound to it".into()),
+                );
+            }
+            queues.push(QueueSpec {
+                name: q.name.clone(),
+                kind,
+                durable: true,
+                dead_letter_exchange: q.dead_letter_exchange.clone(),
+                dead_letter_routing_key: q.dead_letter_routing_key.clone(),
+                delivery_limit: q.delivery_limit,
+                bindings: q
+                    .bindings
+                    .iter()
+                    .map(|b| Binding {
+                        exchange: b.exchange.clone(),
+                        routing_key: b.routing_key.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        let topology = Topology { exchanges, queues };
+        for problem in topology.problems() {
+            ok = false;
+            self.push(&format!("{ptr}/amqp"), problem, None);
+        }
+        if !ok {
+            return None;
+        }
+        let spec = AmqpSpec {
+            name: name.to_string(),
+            url: amqp.url.clone(),
+            topology,
+            connect_timeout,
+            confirm_timeout: timeout,
+        };
+        Some(Arc::new(plan::System {
+            name: name.to_string(),
+            transport: plan::Transport::Amqp(Arc::new(plan::AmqpHandle::new(spec))),
+            soap: None,
+            profile: None,
+        }))
     }
 
     fn check_url(&mut self, ptr: &str, url: &str) -> bool {
@@ -928,9 +1133,119 @@ impl Checker {
                     }),
                 )
             }
+            types::Source::Amqp(src) => {
+                let sp = format!("{ptr}/from/amqp");
+                let ingress = match systems.get(&src.system) {
+                    Some(sys) if sys.amqp().is_some() => {
+                        let declared = sys.amqp().is_some_and(|h| {
+                            h.spec.topology.queues.iter().any(|q| q.name == src.queue)
+                        });
+                        if !declared {
+                            // A queue declared elsewhere is fine; say so only as a hint.
+                            tracing::debug!(route = %cfg.id, "queue not declared by tilts");
+                        }
+                        Some(plan::Ingress::Amqp {
+                            system: sys.clone(),
+                            queue: src.queue.clone(),
+                            prefetch: src.prefetch.unwrap_or(16).max(1),
+                        })
+                    }
+                    Some(_) => {
+                        ok = false;
+                        self.push(
+                            &format!("{sp}/system"),
+                            format!("system `{}` is not a broker", src.system),
+                            Some("consume from a system declared with `amqp: { url: ... }`".into()),
+                        );
+                        None
+                    }
+                    None => {
+                        ok = false;
+                        if !self.system_names.contains(&src.system) {
+                            self.push(
+                                &format!("{sp}/system"),
+                                format!("unknown system `{}`", src.system),
+                                closest(&src.system, self.system_names.iter().map(String::as_str))
+                                    .map(|c| format!("did you mean `{c}`?")),
+                            );
+                        }
+                        None
+                    }
+                };
+                if src.queue.is_empty() {
+                    ok = false;
+                    self.push(&format!("{sp}/queue"), "`queue` is empty", None);
+                }
+                (
+                    Method::POST,
+                    String::new(),
+                    sp,
+                    ingress.unwrap_or(plan::Ingress::Http),
+                )
+            }
+            types::Source::Timer(src) => {
+                let sp = format!("{ptr}/from/timer");
+                if cfg.delivery != types::Delivery::Queued {
+                    ok = false;
+                    self.push_key(
+                        &format!("{ptr}/from"),
+                        "a timer route must be `delivery: queued`: each run is stored together with the next run time, so a restart neither skips nor doubles it",
+                        Some("add `delivery: queued` and a `to:`".into()),
+                    );
+                }
+                let parser = croner::parser::CronParser::builder()
+                    .seconds(croner::parser::Seconds::Optional)
+                    .build();
+                let cron = match parser.parse(&src.cron) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        ok = false;
+                        self.push(
+                            &format!("{sp}/cron"),
+                            format!("not a cron expression: {e}"),
+                            Some("write `sec min hour day month weekday`, e.g. \"0 0 6 * * MON-FRI\"".into()),
+                        );
+                        None
+                    }
+                };
+                let tz_name = src.timezone.as_deref().unwrap_or("Europe/Riga");
+                let timezone = match tz_name.parse::<chrono_tz::Tz>() {
+                    Ok(tz) => Some(tz),
+                    Err(_) => {
+                        ok = false;
+                        self.push(
+                            &format!("{sp}/timezone"),
+                            format!("`{tz_name}` is not a time zone"),
+                            Some("write an IANA name such as Europe/Riga or UTC".into()),
+                        );
+                        None
+                    }
+                };
+                let ingress = match (cron, timezone) {
+                    (Some(cron), Some(timezone)) => {
+                        plan::Ingress::Timer(Box::new(plan::TimerSchedule {
+                            expression: src.cron.clone(),
+                            cron,
+                            timezone,
+                            catch_up: src.catch_up.unwrap_or(10),
+                        }))
+                    }
+                    _ => plan::Ingress::Http,
+                };
+                (Method::POST, String::new(), sp, ingress)
+            }
         };
         let src_path = &src_path;
-        match check_route_path(src_path) {
+        let http_path = matches!(ingress, plan::Ingress::Http | plan::Ingress::Soap(_))
+            && matches!(cfg.from, types::Source::Http(_) | types::Source::Soap(_));
+        // AMQP and timer routes have no HTTP endpoint.
+        let path_check = if http_path {
+            check_route_path(src_path)
+        } else {
+            Err(String::new())
+        };
+        match path_check {
+            Err(_) if !http_path => {}
             Err(msg) => {
                 ok = false;
                 self.push(
@@ -982,6 +1297,8 @@ impl Checker {
                 message_type: d.message_type.clone(),
                 permission: d.permission.clone(),
                 user_id: d.user_id.clone(),
+                exchange: d.exchange.clone(),
+                routing_key: d.routing_key.clone(),
             };
             self.check_call(
                 &format!("{ptr}/to"),
@@ -1085,7 +1402,51 @@ impl Checker {
             retry,
             concurrency: concurrency as usize,
             fallback_queue: cfg.fallback == Some(types::Fallback::Queue),
+            about: self.route_about(ptr),
         })
+    }
+
+    /// The systems, files and version of the route at `ptr`, for the catalogue.
+    fn route_about(&self, ptr: &str) -> plan::RouteAbout {
+        use sha2::{Digest, Sha256};
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let def = self.located.value.pointer(ptr).cloned().unwrap_or_default();
+        let mut systems = Vec::new();
+        let mut files = Vec::new();
+        let mut stack = vec![(String::new(), &def)];
+        while let Some((key, v)) = stack.pop() {
+            match v {
+                Value::Object(m) => stack.extend(m.iter().map(|(k, v)| (k.clone(), v))),
+                Value::Array(a) => stack.extend(a.iter().map(|v| (key.clone(), v))),
+                Value::String(s) if key == "system" => systems.push(s.clone()),
+                Value::String(s) => {
+                    let path = self.mappings_dir.join(s);
+                    if s.contains('.')
+                        && !s.contains("{{")
+                        && path.is_file()
+                        && let Ok(bytes) = std::fs::read(&path)
+                    {
+                        files.push((s.clone(), hex(&Sha256::digest(&bytes))));
+                    }
+                }
+                _ => {}
+            }
+        }
+        systems.sort();
+        systems.dedup();
+        files.sort();
+        files.dedup();
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&def).unwrap_or_default());
+        for (name, sum) in &files {
+            h.update(name.as_bytes());
+            h.update(sum.as_bytes());
+        }
+        plan::RouteAbout {
+            systems,
+            files,
+            version: hex(&h.finalize()),
+        }
     }
 
     /// A queued route's steps run when the message comes in, before it is stored: they may
@@ -1513,7 +1874,6 @@ impl Checker {
                 }
             }
         }
-        let _ = is_step;
         let accept = if c.accept.is_empty() {
             vec![StatusPattern::Class(2)]
         } else {
@@ -1532,6 +1892,73 @@ impl Checker {
         let ex = system
             .as_ref()
             .and_then(|sys| self.check_call_exchange(ptr, label, c, sys, route_id, &mut ok));
+        let mut exchange = String::new();
+        let mut routing_key = None;
+        match system.as_ref().and_then(|s| s.amqp().map(|a| (s, a))) {
+            Some((sys, amqp)) => {
+                if is_step {
+                    ok = false;
+                    self.push(
+                        &format!("{ptr}/system"),
+                        format!("`{}` is a broker: a `call` waits for an answer, and a broker gives none", sys.name),
+                        Some("publish with the route's `to: { system, exchange, routing_key }`".into()),
+                    );
+                }
+                if !c.path.is_empty() {
+                    ok = false;
+                    self.push_key(
+                        &format!("{ptr}/path"),
+                        "a broker has no paths",
+                        Some("use `exchange` and `routing_key`".into()),
+                    );
+                }
+                exchange = c.exchange.clone().unwrap_or_default();
+                let declared = exchange.is_empty()
+                    || exchange.starts_with("amq.")
+                    || amqp
+                        .spec
+                        .topology
+                        .exchanges
+                        .iter()
+                        .any(|e| e.name == exchange);
+                if !declared {
+                    ok = false;
+                    self.push(
+                        &format!("{ptr}/exchange"),
+                        format!(
+                            "exchange `{exchange}` is not declared on system `{}`",
+                            sys.name
+                        ),
+                        Some("add it under the system's `amqp.exchanges`".into()),
+                    );
+                }
+                let rk = c.routing_key.clone().unwrap_or_default();
+                routing_key = self.inline(
+                    &format!("{ptr}/routing_key"),
+                    Format::Text,
+                    &format!("{route_id}/{label}.routing_key"),
+                    &rk,
+                );
+                if routing_key.is_none() {
+                    ok = false;
+                }
+            }
+            None => {
+                for (field, present) in [
+                    ("exchange", c.exchange.is_some()),
+                    ("routing_key", c.routing_key.is_some()),
+                ] {
+                    if present && system.is_some() {
+                        ok = false;
+                        self.push_key(
+                            &format!("{ptr}/{field}"),
+                            format!("`{field}` applies to brokers (`amqp` systems), and system `{}` is not one", c.system),
+                            Some(format!("remove `{field}`")),
+                        );
+                    }
+                }
+            }
+        }
         if !ok {
             return None;
         }
@@ -1551,6 +1978,8 @@ impl Checker {
             message_type: ex.message_type,
             permission: ex.permission,
             user_id: ex.user_id,
+            exchange,
+            routing_key,
         })
     }
 

@@ -129,6 +129,9 @@ pub async fn send(
     user_id: Option<&UserId>,
 ) -> Result<Answer, DeliveryError> {
     let sys = &call.system;
+    if let Some(broker) = sys.amqp() {
+        return publish(call, broker, req, correlation_id).await;
+    }
     match (&sys.soap, &sys.profile) {
         (Some(soap), Some(Profile::Viss { .. })) => {
             viss(call, *soap, req, correlation_id, user_id).await
@@ -136,6 +139,53 @@ pub async fn send(
         (Some(soap), _) => soap_call(call, *soap, req, user_id).await,
         (None, _) => rest(call, req, user_id).await,
     }
+}
+
+/// The HTTP client of the call's system (the checker sends only HTTP calls here).
+fn http(call: &Call) -> Result<&tilts_adapters::http::HttpSystem, DeliveryError> {
+    call.system
+        .http()
+        .ok_or_else(|| err(call, FailureKind::Request, "not an HTTP system"))
+}
+
+/// Publishes to a broker: `req.path` is the rendered routing key, the body the message. The
+/// message id is tilts' (stable across attempts), so consumers can deduplicate; Ok only once
+/// the broker confirmed it.
+async fn publish(
+    call: &Call,
+    broker: &crate::plan::AmqpHandle,
+    req: HttpRequest,
+    correlation_id: &str,
+) -> Result<Answer, DeliveryError> {
+    let mut content_type = "application/json".to_string();
+    let mut headers = Vec::new();
+    for (k, v) in &req.headers {
+        let Ok(v) = v.to_str() else { continue };
+        if k == http::header::CONTENT_TYPE {
+            content_type = v.to_string();
+        } else {
+            headers.push((k.as_str().to_string(), v.to_string()));
+        }
+    }
+    let system = broker.get().await?;
+    system
+        .publish(tilts_adapters::amqp::Outgoing {
+            exchange: call.exchange.clone(),
+            routing_key: req.path,
+            body: req.body.unwrap_or_default(),
+            content_type,
+            message_id: correlation_id.to_string(),
+            headers,
+        })
+        .await?;
+    Ok(Answer {
+        status: 202,
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+        content_type: "application/json".into(),
+        data: Value::Null,
+        fault: None,
+    })
 }
 
 fn err(call: &Call, kind: FailureKind, detail: impl Into<String>) -> DeliveryError {
@@ -180,7 +230,7 @@ async fn rest(
         }
         _ => {}
     }
-    let resp = call.system.http.send(req).await?;
+    let resp = http(call)?.send(req).await?;
     let accepted = call.accept.iter().any(|a| a.matches(resp.status));
     if !accepted {
         if matches!(call.system.profile, Some(Profile::XRoadRest { .. }))
@@ -273,12 +323,10 @@ async fn soap_call(
             protocol_version: "4.0".into(),
         }));
     }
-    let addressing = soap.addressing.then(|| {
-        Addressing::new(
-            call.action.clone().unwrap_or_default(),
-            Some(call.system.http.url_for(&req.path)),
-        )
-    });
+    let url = http(call)?.url_for(&req.path);
+    let addressing = soap
+        .addressing
+        .then(|| Addressing::new(call.action.clone().unwrap_or_default(), Some(url)));
     let payload = soap_payload(req.body.as_ref()).to_string();
     let (parsed, status, headers) = post_envelope(
         call,
@@ -313,7 +361,7 @@ async fn viss(
     else {
         return Err(err(call, FailureKind::Request, "not a VISS system"));
     };
-    let to = call.system.http.url_for(&req.path);
+    let to = http(call)?.url_for(&req.path);
     let now = chrono::Utc::now();
     // 1. StartTransaction.
     let start = Addressing::new(start_action.clone(), Some(to.clone()));
@@ -401,9 +449,7 @@ async fn post_envelope(
         .cloned()
         .collect();
     headers.extend(soap::request_headers(version, action));
-    let resp = call
-        .system
-        .http
+    let resp = http(call)?
         .send(HttpRequest {
             method: http::Method::POST,
             path: req.path.clone(),

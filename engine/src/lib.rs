@@ -18,6 +18,8 @@
 //! The adapter contract and the adapters live in `tilts-adapters`; this crate depends on it.
 
 pub mod admin;
+pub mod amqp_ingress;
+pub mod catalogue;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -35,4 +37,5 @@ pub mod server;
 pub mod service;
 pub mod soap_ingress;
 pub mod store;
+pub mod timer;
 pub mod worker;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
+use tilts_adapters::amqp::{AmqpSpec, AmqpSystem};
+use tilts_adapters::contract::DeliveryError;
 use tilts_adapters::http::HttpSystem;
 use tilts_adapters::profile::{XRoadClient, XRoadService};
 use tilts_adapters::soap::SoapVersion;
@@ -27,14 +29,73 @@ pub struct Plan {
     pub mappings: Mappings,
 }
 
-/// A declared peer: its HTTP client and how requests to it are framed.
+/// A declared peer: how to reach it and how requests to it are framed.
 #[derive(Debug)]
 pub struct System {
     pub name: String,
-    pub http: HttpSystem,
+    pub transport: Transport,
     /// SOAP framing, when the system speaks SOAP (always set for `x_road` and `viss`).
     pub soap: Option<Soap>,
     pub profile: Option<Profile>,
+}
+
+/// How a system is reached.
+#[derive(Debug)]
+pub enum Transport {
+    Http(HttpSystem),
+    Amqp(Arc<AmqpHandle>),
+}
+
+impl System {
+    /// The HTTP client, for systems reached over HTTP (the checker lets only those be called
+    /// with HTTP semantics).
+    pub fn http(&self) -> Option<&HttpSystem> {
+        match &self.transport {
+            Transport::Http(h) => Some(h),
+            Transport::Amqp(_) => None,
+        }
+    }
+
+    /// The broker, for AMQP systems.
+    pub fn amqp(&self) -> Option<&Arc<AmqpHandle>> {
+        match &self.transport {
+            Transport::Amqp(a) => Some(a),
+            Transport::Http(_) => None,
+        }
+    }
+}
+
+/// A broker connection made on first use (so `tilts check` never connects) and kept: the
+/// adapter reconnects by itself after that. A failed first connect is retried on the next use.
+pub struct AmqpHandle {
+    pub spec: AmqpSpec,
+    conn: tokio::sync::OnceCell<AmqpSystem>,
+}
+
+impl std::fmt::Debug for AmqpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The spec's URL holds the broker password.
+        f.debug_struct("AmqpHandle")
+            .field("system", &self.spec.name)
+            .field("connected", &self.conn.initialized())
+            .finish()
+    }
+}
+
+impl AmqpHandle {
+    pub fn new(spec: AmqpSpec) -> Self {
+        AmqpHandle {
+            spec,
+            conn: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connected broker (connecting and declaring the topology on first use).
+    pub async fn get(&self) -> Result<&AmqpSystem, DeliveryError> {
+        self.conn
+            .get_or_try_init(|| AmqpSystem::connect(self.spec.clone()))
+            .await
+    }
 }
 
 /// SOAP framing of a system.
@@ -75,6 +136,23 @@ pub enum Profile {
 pub enum Ingress {
     Http,
     Soap(SoapIngress),
+    Amqp {
+        system: Arc<System>,
+        queue: String,
+        prefetch: u16,
+    },
+    Timer(Box<TimerSchedule>),
+}
+
+/// A timer source's schedule.
+#[derive(Debug, Clone)]
+pub struct TimerSchedule {
+    /// The cron expression as written (for logs and the catalogue).
+    pub expression: String,
+    pub cron: croner::Cron,
+    pub timezone: chrono_tz::Tz,
+    /// Most missed runs fired at start.
+    pub catch_up: u32,
 }
 
 /// A SOAP endpoint.
@@ -108,6 +186,19 @@ pub struct Route {
     pub concurrency: usize,
     /// Sync routes: store the message for later delivery when `to` fails retryably.
     pub fallback_queue: bool,
+    /// What the catalogue (PIKTAPS) is told about the route: systems, files, version.
+    pub about: RouteAbout,
+}
+
+/// A route's catalogue facts, fixed at check time.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAbout {
+    /// The systems the route talks to, sorted.
+    pub systems: Vec<String>,
+    /// Mapping files the route uses (schemas, templates, WSDL) with the SHA-256 of each.
+    pub files: Vec<(String, String)>,
+    /// SHA-256 over the route's definition and its files: changes when anything it runs changes.
+    pub version: String,
 }
 
 /// A compiled step. `label` is the step's place for errors and logs, e.g. `steps[2].call`.
@@ -162,6 +253,10 @@ pub struct Call {
     pub permission: Option<String>,
     /// Template of the employee's user id.
     pub user_id: Option<TemplateRef>,
+    /// AMQP systems: the exchange (`""` the default exchange).
+    pub exchange: String,
+    /// AMQP systems: template of the routing key.
+    pub routing_key: Option<TemplateRef>,
 }
 
 /// One branch of a choice; `when: None` is `otherwise`.

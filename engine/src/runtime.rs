@@ -137,6 +137,12 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                 // A SOAP answer's payload is XML inside an envelope: answer with it as data.
                 return Ok(json_reply(resp.status, &resp.data));
             }
+            if to.system.amqp().is_some() {
+                return Ok(json_reply(
+                    202,
+                    &json!({"messageId": input.message_id, "status": "published"}),
+                ));
+            }
             Ok(Reply {
                 status: resp.status,
                 content_type: resp.content_type,
@@ -361,8 +367,9 @@ impl<'a> Exchange<'a> {
             }
             None => None,
         };
+        // A broker's "path" is the routing key.
         let path =
-            match &call.path {
+            match call.path.as_ref().or(call.routing_key.as_ref()) {
                 Some(t) => self.plan.mappings.render_string(t, ctx).map_err(|error| {
                     RouteError::Mapping {
                         label: label.to_string(),

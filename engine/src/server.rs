@@ -45,9 +45,14 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
     });
     let mut router = Router::new();
     for route in &plan.routes {
-        if let Ingress::Soap(_) = route.ingress {
-            router = crate::soap_ingress::route(router, state.clone(), route.clone());
-            continue;
+        match route.ingress {
+            Ingress::Soap(_) => {
+                router = crate::soap_ingress::route(router, state.clone(), route.clone());
+                continue;
+            }
+            // Fed by their consumers and timers, not by HTTP.
+            Ingress::Amqp { .. } | Ingress::Timer(_) => continue,
+            Ingress::Http => {}
         }
         let filter = MethodFilter::try_from(route.method.clone()).unwrap_or(MethodFilter::POST);
         let st = state.clone();

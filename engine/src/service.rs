@@ -122,6 +122,27 @@ pub async fn start(plan: Plan, opts: StartOptions) -> anyhow::Result<Running> {
         )));
     }
 
+    tasks.push(tokio::spawn(crate::catalogue::run(
+        plan.clone(),
+        stop_rx.clone(),
+    )));
+    // RabbitMQ sources run through the same ingress code as HTTP requests.
+    let (_, consumer_state) = crate::server::app(plan.clone(), store.clone());
+    tasks.extend(crate::amqp_ingress::spawn(
+        &plan,
+        consumer_state.clone(),
+        stop_rx.clone(),
+    ));
+    // Timer routes are queued, so there is a store.
+    if let Some(store) = &store {
+        tasks.extend(crate::timer::spawn(
+            &plan,
+            consumer_state,
+            store.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
     let mut rx = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(
         plan.clone(),

@@ -58,7 +58,9 @@ fn ingress(route: &Route) -> &SoapIngress {
     match &route.ingress {
         Ingress::Soap(s) => s,
         // `route` registers SOAP routes only.
-        Ingress::Http => unreachable!("a SOAP handler on an HTTP route"),
+        Ingress::Http | Ingress::Amqp { .. } | Ingress::Timer(_) => {
+            unreachable!("a SOAP handler on a route that is not a SOAP endpoint")
+        }
     }
 }
 

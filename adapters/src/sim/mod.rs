@@ -23,12 +23,16 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 
 pub mod address_register;
+pub mod amqp_institution;
 pub mod dagr;
 pub mod enterprise_register;
+pub mod piktaps;
 pub mod pki;
 pub mod population_register;
+pub mod riga;
 pub mod server;
 pub mod social_services;
+pub mod vpvkac;
 pub mod xroad_rest;
 
 pub use server::{Faults, RecordedRequest, SimServer};

@@ -71,6 +71,20 @@ pub struct ServerSettings {
     /// for reports). Default `7d`.
     #[serde(default = "default_retention")]
     pub retention: Dur,
+    /// Publish a descriptor of every route to the ICT catalogue (PIKTAPS) when tilts starts,
+    /// and withdraw the descriptors of routes that are gone.
+    #[serde(default)]
+    pub catalogue: Option<CatalogueConfig>,
+}
+
+/// Where tilts describes its routes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// The catalogue: an HTTP system (its URL up to the API root, e.g. `.../api/v1`).
+    pub system: String,
+    /// This tilts installation's code in the catalogue, e.g. `RIGA-TILTS`.
+    pub system_code: String,
 }
 
 impl Default for ServerSettings {
@@ -86,6 +100,7 @@ impl Default for ServerSettings {
             workers: default_workers(),
             lease: default_lease(),
             retention: default_retention(),
+            catalogue: None,
         }
     }
 }
@@ -130,6 +145,10 @@ pub struct SystemConfig {
     /// Reach the system over HTTP/REST.
     #[serde(default)]
     pub http: Option<HttpSystemConfig>,
+    /// A RabbitMQ broker (AMQP 0-9-1): routes publish to it (`to:` with `exchange` and
+    /// `routing_key`) and consume from it (`from: { amqp: ... }`).
+    #[serde(default)]
+    pub amqp: Option<AmqpSystemConfig>,
     /// The system speaks SOAP over its `http` transport: calls send an envelope and read
     /// the answer's Body as data (faults become errors, or data with `faults: accept`).
     #[serde(default)]
@@ -162,6 +181,61 @@ pub struct HttpSystemConfig {
     /// Client certificate (mTLS) and extra trusted CAs for `https://` systems.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+}
+
+/// A RabbitMQ broker and the topology tilts declares on it at connect (idempotently).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSystemConfig {
+    /// `amqp://user:password@host:5672/vhost` (or `amqps://`); the password is never printed.
+    pub url: String,
+    /// Exchanges to declare.
+    #[serde(default)]
+    pub exchanges: Vec<AmqpExchangeConfig>,
+    /// Queues to declare, with their bindings.
+    #[serde(default)]
+    pub queues: Vec<AmqpQueueConfig>,
+}
+
+/// An exchange.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpExchangeConfig {
+    pub name: String,
+    /// `direct` (default), `topic`, `fanout` or `headers`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A queue (durable; quorum unless `type: classic`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpQueueConfig {
+    pub name: String,
+    /// `quorum` (default: replicated, survives a broker restart) or `classic`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Where rejected messages go (the queue's dead-letter exchange).
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead-lettered messages (default: their own).
+    #[serde(default)]
+    pub dead_letter_routing_key: Option<String>,
+    /// Quorum queues: deliveries of one message before the broker dead-letters it.
+    #[serde(default)]
+    pub delivery_limit: Option<u32>,
+    /// `{exchange, routing_key}` pairs the queue is bound with.
+    #[serde(default)]
+    pub bindings: Vec<AmqpBindingConfig>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpBindingConfig {
+    pub exchange: String,
+    #[serde(default)]
+    pub routing_key: String,
 }
 
 /// TLS settings of a system: files in PEM form, normally given through the environment
@@ -386,6 +460,43 @@ pub enum Source {
     /// `body` (XML read as data), the answer is wrapped in an envelope, errors are Faults.
     /// `GET path?wsdl` serves the service description.
     Soap(SoapSource),
+    /// A RabbitMQ queue: each message runs through the route and is acknowledged only once
+    /// the route has stored (queued routes) or delivered it.
+    Amqp(AmqpSource),
+    /// A schedule: each run is a message `{scheduledAt, firedAt}` through the route (a queued
+    /// route). The next run time is kept in the store, so a restart neither skips nor doubles
+    /// a run, and several tilts processes fire each run once.
+    Timer(TimerSource),
+}
+
+/// Messages from a RabbitMQ queue.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSource {
+    /// The broker: a system with `amqp`.
+    pub system: String,
+    /// The queue to consume (declare it under the system's `queues`).
+    pub queue: String,
+    /// Messages handled at once (unacknowledged at most). Default 16.
+    #[serde(default)]
+    pub prefetch: Option<u16>,
+}
+
+/// A schedule.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSource {
+    /// Cron expression with seconds: `sec min hour day-of-month month day-of-week`, e.g.
+    /// `0 0 6 * * MON-FRI` (06:00 on workdays) or `0 */15 * * * *` (every 15 minutes); a
+    /// 5-field expression (without seconds) is also accepted.
+    pub cron: String,
+    /// Time zone of the schedule. Default `Europe/Riga`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// When several runs are due at once (no tilts was running), at most this many, the most
+    /// recent, are fired. Default 10; 0 or 1 fires only the latest.
+    #[serde(default)]
+    pub catch_up: Option<u32>,
 }
 
 /// A SOAP endpoint.
@@ -547,6 +658,14 @@ pub struct CallStep {
     /// VISS `Initiator`, masked in logs.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Set from a `to:` on an AMQP system (a `call` cannot publish).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub exchange: Option<String>,
+    /// Set from a `to:` on an AMQP system.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub routing_key: Option<String>,
 }
 
 /// What a SOAP Fault does to a call.
@@ -694,6 +813,12 @@ pub struct Destination {
     /// The employee on whose behalf the message is delivered (`AU:...-PK:...`, a template).
     #[serde(default)]
     pub user_id: Option<String>,
+    /// AMQP systems: the exchange to publish to (`""` is the default exchange).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// AMQP systems: the routing key; may use `{{...}}`.
+    #[serde(default)]
+    pub routing_key: Option<String>,
 }
 
 /// A duration written with a unit: `250ms`, `5s`, `2m`, `1h`, `1d`.

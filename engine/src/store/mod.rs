@@ -711,6 +711,35 @@ impl Store {
         }
     }
 
+    /// A timer route's next run: the stored one when the timer ran before with the same
+    /// `schedule`, else `first_run` (stored). Several processes starting together agree.
+    pub async fn timer_start(
+        &self,
+        route_id: &str,
+        schedule: &str,
+        first_run: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.timer_start(route_id, schedule, first_run, now).await,
+            Store::Postgres(s) => s.timer_start(route_id, schedule, first_run, now).await,
+        }
+    }
+
+    /// Moves a timer's next run from `from` to `to`; false when another process moved it first.
+    pub async fn timer_advance(
+        &self,
+        route_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.timer_advance(route_id, from, to, now).await,
+            Store::Postgres(s) => s.timer_advance(route_id, from, to, now).await,
+        }
+    }
+
     /// Closes the connections, waiting for operations in progress.
     pub async fn close(&self) {
         match self {

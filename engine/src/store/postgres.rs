@@ -574,6 +574,51 @@ impl PgStore {
         }
         Ok(counts)
     }
+
+    pub(crate) async fn timer_start(
+        &self,
+        route_id: &str,
+        schedule: &str,
+        first_run: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        // Insert, or keep the stored next run when the schedule is unchanged; another process
+        // starting at the same time agrees on the row.
+        let (next,): (DateTime<Utc>,) = sqlx::query_as(
+            "INSERT INTO timers (route_id, schedule, next_run, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (route_id) DO UPDATE SET
+               next_run = CASE WHEN timers.schedule = excluded.schedule THEN timers.next_run ELSE excluded.next_run END,
+               schedule = excluded.schedule,
+               updated_at = CASE WHEN timers.schedule = excluded.schedule THEN timers.updated_at ELSE excluded.updated_at END
+             RETURNING next_run",
+        )
+        .bind(route_id)
+        .bind(schedule)
+        .bind(first_run)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next)
+    }
+
+    pub(crate) async fn timer_advance(
+        &self,
+        route_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE timers SET next_run = $1, updated_at = $2 WHERE route_id = $3 AND next_run = $4",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(route_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 /// Queues a wake-up for every listener; PostgreSQL sends it when the transaction commits.

@@ -609,6 +609,59 @@ impl SqliteStore {
         }
         Ok(counts)
     }
+
+    pub(crate) async fn timer_start(
+        &self,
+        route_id: &str,
+        schedule: &str,
+        first_run: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT schedule, next_run FROM timers WHERE route_id = ?")
+                .bind(route_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let next = match row {
+            Some((s, next)) if s == schedule => from_us(next)?,
+            _ => {
+                sqlx::query(
+                    "INSERT INTO timers (route_id, schedule, next_run, updated_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (route_id) DO UPDATE SET schedule = excluded.schedule,
+                       next_run = excluded.next_run, updated_at = excluded.updated_at",
+                )
+                .bind(route_id)
+                .bind(schedule)
+                .bind(us(first_run))
+                .bind(us(now))
+                .execute(&mut *tx)
+                .await?;
+                first_run
+            }
+        };
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    pub(crate) async fn timer_advance(
+        &self,
+        route_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE timers SET next_run = ?, updated_at = ? WHERE route_id = ? AND next_run = ?",
+        )
+        .bind(us(to))
+        .bind(us(now))
+        .bind(route_id)
+        .bind(us(from))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 /// Microseconds since the epoch: how times are stored.
