@@ -89,10 +89,7 @@ pub async fn run(
                 STORE_CALL_TIMEOUT,
                 store.claim(&opts.worker_id, free, opts.lease, Utc::now()),
             );
-            match claim
-                .await
-                .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
-            {
+            match claim.await.unwrap_or(Err(StoreError::timed_out())) {
                 Ok(c) => {
                     store_backoff = store_backoff_schedule();
                     c
@@ -230,7 +227,7 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
             store.record_attempt(msg.id, msg.lease_token, record.clone()),
         )
         .await;
-        match recorded.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))) {
+        match recorded.unwrap_or(Err(StoreError::timed_out())) {
             Ok(()) => return,
             Err(StoreError::LeaseLost(_)) => {
                 tracing::warn!(message_id = %id, "lease expired during delivery: another worker owns the message now");
