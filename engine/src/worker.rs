@@ -70,6 +70,12 @@ pub async fn run(
     );
     let mut listener = None;
     let mut in_flight = JoinSet::new();
+    // Claiming ahead: while a backlog lasts (the last claim was full), claim only once this many
+    // slots are free, so a claim takes a batch rather than the one message whose delivery just
+    // finished. The half still claimed keeps the deliveries busy meanwhile. When the queue has
+    // run dry, claim whatever is free at once (latency over batching).
+    let refill_at = (opts.concurrency / 2).clamp(1, opts.batch.max(1) as usize);
+    let mut backlog = false;
     // Backoff for an unreachable store, in-process (nothing durable depends on it).
     let mut store_backoff = store_backoff_schedule();
     tracing::info!(worker = %opts.worker_id, concurrency = opts.concurrency, "delivery workers started");
@@ -82,6 +88,13 @@ pub async fn run(
             listener = store.listen().await.ok();
         }
         let free = global.available_permits().min(opts.batch as usize) as u32;
+        if backlog && (free as usize) < refill_at && !in_flight.is_empty() {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let claimed = if free == 0 {
             Vec::new()
         } else {
@@ -107,6 +120,7 @@ pub async fn run(
             }
         };
         let got = claimed.len();
+        backlog = free > 0 && got as u32 >= free;
         for msg in claimed {
             let permit = global
                 .clone()
