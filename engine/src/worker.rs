@@ -140,8 +140,12 @@ pub async fn run(
                     ),
                     None => None,
                 };
-                deliver_one(&store, &plan, msg).await;
+                let record = deliver(&plan, &msg).await;
+                // The route's limit is on deliveries to its destination. Recording waits for a
+                // (group) commit; holding the route's slot meanwhile would cap the route at
+                // `concurrency` / commit time.
                 drop(route_permit);
+                record_attempt(&store, &msg, record).await;
                 drop(permit);
             });
         }
@@ -182,10 +186,16 @@ fn store_backoff_schedule() -> ExponentialBackoff {
 
 /// One delivery attempt and its record.
 pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
+    let record = deliver(plan, &msg).await;
+    record_attempt(store, &msg, record).await;
+}
+
+/// One delivery attempt: what to record about it.
+async fn deliver(plan: &Plan, msg: &ClaimedMessage) -> Attempt {
     let started_at = Utc::now();
     let started = Instant::now();
     let id = msg.id.to_string();
-    let outcome = attempt(plan, &msg, &id).await;
+    let outcome = attempt(plan, msg, &id).await;
     let duration = started.elapsed();
     let (outcome, error_class, error_text, log_level_warn) = match outcome {
         AttemptResult::Delivered => (Outcome::Delivered, None, None, false),
@@ -219,14 +229,19 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
     } else {
         tracing::info!(route = %msg.route_id, message_id = %id, attempt = msg.attempt, outcome = state, duration_ms = duration.as_millis() as u64, "delivered");
     }
-    let record = Attempt {
+    Attempt {
         started_at,
         duration,
         outcome,
         error_class,
         error_text,
         request: None,
-    };
+    }
+}
+
+/// Records an attempt, waiting out a brief outage of the store within the lease.
+async fn record_attempt(store: &Store, msg: &ClaimedMessage, record: Attempt) {
+    let id = msg.id.to_string();
     // The delivery has happened; losing its record means delivering it again after the lease.
     // So a store that is briefly away (a PostgreSQL restart) is waited for, within the lease.
     let mut backoff = ExponentialBuilder::new()
