@@ -70,6 +70,12 @@ pub async fn run(
     );
     let mut listener = None;
     let mut in_flight = JoinSet::new();
+    // Claiming ahead: while a backlog lasts (the last claim was full), claim only once this many
+    // slots are free, so a claim takes a batch rather than the one message whose delivery just
+    // finished. The half still claimed keeps the deliveries busy meanwhile. When the queue has
+    // run dry, claim whatever is free at once (latency over batching).
+    let refill_at = (opts.concurrency / 2).clamp(1, opts.batch.max(1) as usize);
+    let mut backlog = false;
     // Backoff for an unreachable store, in-process (nothing durable depends on it).
     let mut store_backoff = store_backoff_schedule();
     tracing::info!(worker = %opts.worker_id, concurrency = opts.concurrency, "delivery workers started");
@@ -82,6 +88,13 @@ pub async fn run(
             listener = store.listen().await.ok();
         }
         let free = global.available_permits().min(opts.batch as usize) as u32;
+        if backlog && (free as usize) < refill_at && !in_flight.is_empty() {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let claimed = if free == 0 {
             Vec::new()
         } else {
@@ -89,10 +102,7 @@ pub async fn run(
                 STORE_CALL_TIMEOUT,
                 store.claim(&opts.worker_id, free, opts.lease, Utc::now()),
             );
-            match claim
-                .await
-                .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
-            {
+            match claim.await.unwrap_or(Err(StoreError::timed_out())) {
                 Ok(c) => {
                     store_backoff = store_backoff_schedule();
                     c
@@ -110,6 +120,7 @@ pub async fn run(
             }
         };
         let got = claimed.len();
+        backlog = free > 0 && got as u32 >= free;
         for msg in claimed {
             let permit = global
                 .clone()
@@ -129,8 +140,12 @@ pub async fn run(
                     ),
                     None => None,
                 };
-                deliver_one(&store, &plan, msg).await;
+                let record = deliver(&plan, &msg).await;
+                // The route's limit is on deliveries to its destination. Recording waits for a
+                // (group) commit; holding the route's slot meanwhile would cap the route at
+                // `concurrency` / commit time.
                 drop(route_permit);
+                record_attempt(&store, &msg, record).await;
                 drop(permit);
             });
         }
@@ -171,10 +186,16 @@ fn store_backoff_schedule() -> ExponentialBackoff {
 
 /// One delivery attempt and its record.
 pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
+    let record = deliver(plan, &msg).await;
+    record_attempt(store, &msg, record).await;
+}
+
+/// One delivery attempt: what to record about it.
+async fn deliver(plan: &Plan, msg: &ClaimedMessage) -> Attempt {
     let started_at = Utc::now();
     let started = Instant::now();
     let id = msg.id.to_string();
-    let outcome = attempt(plan, &msg, &id).await;
+    let outcome = attempt(plan, msg, &id).await;
     let duration = started.elapsed();
     let (outcome, error_class, error_text, log_level_warn) = match outcome {
         AttemptResult::Delivered => (Outcome::Delivered, None, None, false),
@@ -208,14 +229,19 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
     } else {
         tracing::info!(route = %msg.route_id, message_id = %id, attempt = msg.attempt, outcome = state, duration_ms = duration.as_millis() as u64, "delivered");
     }
-    let record = Attempt {
+    Attempt {
         started_at,
         duration,
         outcome,
         error_class,
         error_text,
         request: None,
-    };
+    }
+}
+
+/// Records an attempt, waiting out a brief outage of the store within the lease.
+async fn record_attempt(store: &Store, msg: &ClaimedMessage, record: Attempt) {
+    let id = msg.id.to_string();
     // The delivery has happened; losing its record means delivering it again after the lease.
     // So a store that is briefly away (a PostgreSQL restart) is waited for, within the lease.
     let mut backoff = ExponentialBuilder::new()
@@ -230,7 +256,7 @@ pub async fn deliver_one(store: &Store, plan: &Plan, msg: ClaimedMessage) {
             store.record_attempt(msg.id, msg.lease_token, record.clone()),
         )
         .await;
-        match recorded.unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))) {
+        match recorded.unwrap_or(Err(StoreError::timed_out())) {
             Ok(()) => return,
             Err(StoreError::LeaseLost(_)) => {
                 tracing::warn!(message_id = %id, "lease expired during delivery: another worker owns the message now");

@@ -33,6 +33,9 @@ on_both_stores!(
     purge_keeps_metadata,
     listener_wakes_on_enqueue,
     unknown_ids,
+    concurrent_enqueues_are_each_committed_once,
+    a_rejected_message_fails_alone,
+    concurrent_attempt_records_each_answered,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -763,3 +766,185 @@ async fn bad_urls_are_rejected() {
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
+
+// ---------------------------------------------------------------------------------------------
+// Group commit: enqueues and attempt records that arrive together share one transaction; each
+// caller still gets its own answer, only after the commit that holds its item.
+
+async fn concurrent_enqueues_are_each_committed_once(store: Store) {
+    const N: usize = 300;
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let mut msg = message("bulk", json!({"i": i}));
+        msg.ordering_key = Some(format!("key-{}", i % 7));
+        // Pairs of idempotent repeats, and one conflicting reuse of a key, in the same burst.
+        if i % 10 < 2 {
+            msg.idempotency = Some(Idempotency {
+                key: format!("idem-{}", i / 10),
+                request_hash: "same".into(),
+            });
+        }
+        batch.push(msg);
+    }
+    let mut conflicting = message("bulk", json!({"conflict": true}));
+    conflicting.idempotency = Some(Idempotency {
+        key: "idem-0".into(),
+        request_hash: "other".into(),
+    });
+    batch.push(conflicting);
+    let results = futures::future::join_all(batch.into_iter().map(|m| store.enqueue(m))).await;
+
+    let mut ids = HashSet::new();
+    let mut duplicates = 0;
+    let mut conflicts = 0;
+    for r in results {
+        match r {
+            Ok(e) if e.duplicate => duplicates += 1,
+            Ok(e) => assert!(ids.insert(e.id), "one id acknowledged twice"),
+            Err(StoreError::Conflict { .. }) => conflicts += 1,
+            Err(e) => panic!("enqueue failed: {e}"),
+        }
+    }
+    // 30 keys used twice each: one new message and one repeat per key.
+    assert_eq!((ids.len(), duplicates, conflicts), (N - 30, 30, 1));
+    // Everything acknowledged is committed, and nothing else.
+    assert_eq!(store.counts().await.unwrap().pending, (N - 30) as u64);
+    for id in &ids {
+        assert_eq!(state(&store, *id).await, MessageState::Pending);
+    }
+    // Each ordering key still comes out in enqueue order, one at a time.
+    let mut last_seq = std::collections::HashMap::new();
+    loop {
+        let claimed = store.claim("w", 50, LEASE, t0()).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for c in claimed {
+            let seq = store.get(c.id).await.unwrap().unwrap().meta.seq;
+            let key = c.ordering_key.clone().unwrap();
+            if let Some(prev) = last_seq.insert(key, seq) {
+                assert!(prev < seq, "ordering key delivered out of order");
+            }
+            store
+                .record_attempt(c.id, c.lease_token, attempt(t0(), Outcome::Delivered))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(store.counts().await.unwrap().delivered, (N - 30) as u64);
+}
+
+async fn a_rejected_message_fails_alone(store: Store) {
+    let first = enqueue(&store, message("bulk", json!({"first": true}))).await;
+    // The same id again: the database rejects it (unique id), and with it the batch's
+    // transaction; the others in that batch are committed on their own.
+    let mut batch: Vec<NewMessage> = (0..40).map(|i| message("bulk", json!({"i": i}))).collect();
+    let mut clash = message("bulk", json!({"clash": true}));
+    clash.id = first;
+    batch.insert(20, clash);
+    let results = futures::future::join_all(batch.into_iter().map(|m| store.enqueue(m))).await;
+    let failed: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the clashing message fails: {failed:?}"
+    );
+    assert_eq!(failed[0].0, 20);
+    assert!(!failed[0].1.as_ref().unwrap_err().is_unavailable());
+    assert_eq!(store.counts().await.unwrap().pending, 41);
+    let view = store.get(first).await.unwrap().unwrap();
+    assert_eq!(
+        view.payload.unwrap().to_json(),
+        Some(json!({"first": true}))
+    );
+}
+
+async fn concurrent_attempt_records_each_answered(store: Store) {
+    for i in 0..60 {
+        enqueue(&store, message("bulk", json!({"i": i}))).await;
+    }
+    let claimed = store.claim("w", 60, LEASE, t0()).await.unwrap();
+    assert_eq!(claimed.len(), 60);
+    // One lease taken over by another worker after expiry (the oldest message's), one unknown
+    // message, the rest delivered, retried or dead-lettered, all at once.
+    let stolen = claimed[0].clone();
+    let late = t0() + secs(31);
+    let retaken = store.claim("other", 1, LEASE, late).await.unwrap();
+    assert_eq!(retaken[0].id, stolen.id);
+    let unknown = tilts_engine::store::LeaseToken(uuid::Uuid::new_v4());
+    let mut calls = Vec::new();
+    for (i, c) in claimed.iter().enumerate() {
+        let outcome = match i % 3 {
+            0 => Outcome::Delivered,
+            1 => Outcome::Retry {
+                next_at: t0() + secs(60),
+            },
+            _ => Outcome::DeadLetter,
+        };
+        calls.push(store.record_attempt(c.id, c.lease_token, attempt(t0(), outcome)));
+    }
+    calls.push(store.record_attempt(MessageId::new(), unknown, attempt(t0(), Outcome::Delivered)));
+    let results = futures::future::join_all(calls).await;
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            0 => assert!(matches!(r, Err(StoreError::LeaseLost(id)) if *id == stolen.id)),
+            60 => assert!(matches!(r, Err(StoreError::NotFound(_)))),
+            _ => assert!(r.is_ok(), "attempt {i}: {r:?}"),
+        }
+    }
+    let counts = store.counts().await.unwrap();
+    // 19 delivered (not the stolen one, i = 0), 20 retried + the stolen one pending, 20 dead.
+    assert_eq!(
+        (counts.delivered, counts.pending, counts.dead),
+        (19, 21, 20)
+    );
+    for (i, c) in claimed.iter().enumerate() {
+        let view = store.get(c.id).await.unwrap().unwrap();
+        let expected = if i == 0 { 0 } else { 1 };
+        assert_eq!(view.attempts.len(), expected, "attempts of message {i}");
+        if i != 0 {
+            assert_eq!(view.attempts[0].worker_id, "w");
+            assert!(view.meta.lease.is_none());
+        }
+    }
+}
+
+/// SQLite: a batch whose transaction cannot start (another process holds the file's write lock)
+/// fails as a whole: every caller gets "unavailable", nothing is written, and the store works
+/// again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_file_fails_the_whole_batch() {
+    support::with_sqlite_url(async |url| {
+        let options = StoreOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, &options).await.unwrap();
+        use sqlx::{Connection, Executor};
+        let path = url.strip_prefix("sqlite://").unwrap();
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+            .await
+            .unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let results = futures::future::join_all(
+            (0..20).map(|i| store.enqueue(message("bulk", json!({"i": i})))),
+        )
+        .await;
+        for r in &results {
+            assert!(
+                matches!(r, Err(e) if e.is_unavailable()),
+                "expected unavailable, got {r:?}"
+            );
+        }
+        other.execute("ROLLBACK").await.unwrap();
+        assert_eq!(store.counts().await.unwrap().pending, 0);
+        enqueue(&store, message("bulk", json!({"after": true}))).await;
+        assert_eq!(store.counts().await.unwrap().pending, 1);
+        store.close().await;
+    })
+    .await;
+}

@@ -24,11 +24,13 @@
 //! - Every time is passed in by the caller (`now`, `next_attempt_at`, attempt times), so the queue's
 //!   schedule lives in the database and tests control time without sleeping.
 
+mod batch;
 pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -407,8 +409,9 @@ impl Default for StoreOptions {
 pub enum StoreError {
     /// The database cannot be reached or cannot write (connection lost, pool exhausted, disk
     /// error, locked too long). Transient: the ingress answers 503 with `Retry-After`.
+    /// (`Arc`: a failed group commit gives the same error to every caller in it.)
     #[error("the message store is unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// The idempotency key was already used on this route with a different request.
     #[error(
         "idempotency key '{key}' was already used on route '{route_id}' with a different request"
@@ -439,7 +442,7 @@ pub enum StoreError {
     Corrupt(String),
     /// Any other database error (a bug or a schema problem rather than an outage).
     #[error("message store error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] Arc<sqlx::Error>),
 }
 
 impl StoreError {
@@ -447,14 +450,42 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// An outage because the store did not answer within the caller's deadline.
+    pub fn timed_out() -> StoreError {
+        StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The same error again, for another caller of the same failed group commit.
+    pub(crate) fn share(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(e) => StoreError::Unavailable(e.clone()),
+            StoreError::Database(e) => StoreError::Database(e.clone()),
+            StoreError::Conflict { route_id, key } => StoreError::Conflict {
+                route_id: route_id.clone(),
+                key: key.clone(),
+            },
+            StoreError::NotFound(id) => StoreError::NotFound(*id),
+            StoreError::LeaseLost(id) => StoreError::LeaseLost(*id),
+            StoreError::InvalidState { id, state, action } => StoreError::InvalidState {
+                id: *id,
+                state: *state,
+                action,
+            },
+            StoreError::BadUrl(s) => StoreError::BadUrl(s.clone()),
+            StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+            // Only opening a store migrates; no batch fails this way.
+            StoreError::Migrate(e) => StoreError::Corrupt(e.to_string()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if is_outage(&e) {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(Arc::new(e))
         } else {
-            StoreError::Database(e)
+            StoreError::Database(Arc::new(e))
         }
     }
 }
@@ -496,10 +527,10 @@ pub(crate) fn cut_error_text(text: Option<String>) -> Option<String> {
     })
 }
 
-/// A body as (media type, bytes) columns.
-pub(crate) fn split(p: Option<Payload>) -> (Option<String>, Option<Vec<u8>>) {
+/// A body as borrowed (media type, bytes) columns.
+pub(crate) fn split_ref(p: &Option<Payload>) -> (Option<&str>, Option<&[u8]>) {
     match p {
-        Some(p) => (Some(p.content_type), Some(p.bytes)),
+        Some(p) => (Some(p.content_type.as_str()), Some(p.bytes.as_slice())),
         None => (None, None),
     }
 }

@@ -1,10 +1,18 @@
 //! The SQLite backend: the embedded default, one database file.
 //!
-//! Durability: WAL with `synchronous=FULL`, so a commit that tilts acknowledges is on disk before
-//! the ingress answers (WAL's usual `NORMAL` can lose the last commits on power loss).
+//! Durability: WAL. A commit that acknowledges a message to a caller (an enqueue) or an
+//! operator's action runs with `synchronous=FULL`, so it is on disk before tilts answers (WAL's
+//! usual `NORMAL` can lose the last commits on power loss). Claims and attempt records run with
+//! `NORMAL`: no fsync of their own. That loses nothing accepted: a kill -9 loses nothing either
+//! way (the data is in the OS cache); a power loss can lose only the claims and attempt records
+//! committed since the last FULL commit (the WAL is one append-only file, so flushing it for a
+//! later commit flushes every earlier one too), and every worker died with the power, so those
+//! messages are simply delivered again (at least once, as after any crash).
 //! Concurrency: SQLite has one writer at a time. Every write goes through a pool of exactly one
 //! connection, so writers queue in-process (fairly, with a timeout) instead of spinning on
 //! `SQLITE_BUSY`; reads use a separate pool and, thanks to WAL, never wait for the writer.
+//! Enqueues and attempt records are group-committed (see `batch`): one transaction, and one
+//! fsync, for every enqueue waiting at that moment.
 //! Write transactions start with `BEGIN IMMEDIATE` so a transaction that reads before it writes
 //! cannot fail half-way on a lock upgrade. One tilts process per database file.
 
@@ -12,16 +20,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::batch::{Batcher, Commit};
 use super::{
     Attempt, AttemptRecord, ClaimedMessage, Enqueued, Lease, LeaseToken, Listener, ListenerInner,
     MessageFilter, MessageId, MessageMeta, MessageState, MessageView, NewMessage, Outcome, Payload,
-    StateCounts, StoreError, StoreOptions, cut_error_text, join, lease_until, millis, split,
+    StateCounts, StoreError, StoreOptions, cut_error_text, join, lease_until, millis, split_ref,
     to_u32,
 };
 
@@ -29,6 +41,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 
 /// How many messages one retention transaction purges, so the writer is never held for long.
 const PURGE_BATCH: i64 = 1000;
+
+/// Most enqueues or attempt records in one group commit, so one transaction never holds the
+/// writer for long.
+const MAX_BATCH: usize = 512;
 
 /// The message store in a SQLite file. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,6 +55,42 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Bumped after commits that may make messages claimable; listeners watch it.
     wake: watch::Sender<u64>,
+    /// Group commit of enqueues.
+    enqueues: Batcher<NewMessage, Enqueued>,
+    /// Group commit of attempt records.
+    attempts: Batcher<AttemptJob, ()>,
+}
+
+/// An attempt to record: the message, the lease it was made under, and how it went.
+type AttemptJob = (MessageId, LeaseToken, Attempt);
+
+/// How much a write transaction waits for the disk (see the module's notes).
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    /// fsync at commit: whatever acknowledges a message or an operator's action.
+    Full,
+    /// No fsync of its own: claims and attempt records, which a crash only repeats.
+    Normal,
+}
+
+/// The writer connection, set to `sync` for the transaction about to run.
+async fn write_conn(
+    pool: &SqlitePool,
+    sync: Durability,
+) -> Result<PoolConnection<Sqlite>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    // Per connection and not allowed inside a transaction: set before each one, so a write never
+    // inherits the previous transaction's level.
+    let pragma = match sync {
+        Durability::Full => "PRAGMA synchronous = FULL",
+        Durability::Normal => "PRAGMA synchronous = NORMAL",
+    };
+    sqlx::query(pragma).execute(&mut *conn).await?;
+    Ok(conn)
+}
+
+fn wake(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// Metadata columns, in [`MetaRow`]'s order.
@@ -178,15 +230,32 @@ impl SqliteStore {
                 .connect_with(connect)
                 .await?
         };
+        let wake = watch::Sender::new(0);
+        let enqueues = Batcher::spawn(
+            MAX_BATCH,
+            Enqueuer {
+                writer: writer.clone(),
+                wake: wake.clone(),
+            },
+        );
+        let attempts = Batcher::spawn(
+            MAX_BATCH,
+            Recorder {
+                writer: writer.clone(),
+                wake: wake.clone(),
+            },
+        );
         Ok(SqliteStore {
             writer,
             reader,
-            wake: watch::Sender::new(0),
+            wake,
+            enqueues,
+            attempts,
         })
     }
 
     fn wake(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        wake(&self.wake);
     }
 
     pub(crate) fn listen(&self) -> Listener {
@@ -199,63 +268,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(idem) = &msg.idempotency {
-            let first: Option<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
-                "SELECT id, request_hash, answer FROM messages \
-                 WHERE route_id = ?1 AND idempotency_key = ?2",
-            )
-            .bind(&msg.route_id)
-            .bind(&idem.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((id, hash, answer)) = first {
-                if hash.as_deref() != Some(idem.request_hash.as_str()) {
-                    return Err(StoreError::Conflict {
-                        route_id: msg.route_id,
-                        key: idem.key.clone(),
-                    });
-                }
-                return Ok(Enqueued {
-                    id: MessageId(id),
-                    duplicate: true,
-                    answer: parse_answer(answer)?,
-                });
-            }
-        }
-        let id = msg.id;
-        let (original_type, original) = split(msg.original);
-        let (last_request_type, last_request) = split(msg.last_request);
-        let answer = msg.answer.as_ref().map(serde_json::Value::to_string);
-        sqlx::query(
-            "INSERT INTO messages (id, route_id, ordering_key, idempotency_key, request_hash, \
-             received_at, updated_at, next_attempt_at, payload_type, payload, original_type, \
-             original, last_request_type, last_request, answer) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .bind(id.0)
-        .bind(&msg.route_id)
-        .bind(&msg.ordering_key)
-        .bind(msg.idempotency.as_ref().map(|i| &i.key))
-        .bind(msg.idempotency.as_ref().map(|i| &i.request_hash))
-        .bind(us(msg.received_at))
-        .bind(us(msg.next_attempt_at))
-        .bind(msg.payload.content_type)
-        .bind(msg.payload.bytes)
-        .bind(original_type)
-        .bind(original)
-        .bind(last_request_type)
-        .bind(last_request)
-        .bind(answer)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.wake();
-        Ok(Enqueued {
-            id,
-            duplicate: false,
-            answer: msg.answer,
-        })
+        self.enqueues.submit(msg).await
     }
 
     pub(crate) async fn claim(
@@ -267,7 +280,7 @@ impl SqliteStore {
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let token = LeaseToken(Uuid::new_v4());
         let until = lease_until(now, lease);
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = write_conn(&self.writer, Durability::Normal).await?;
         // One statement, so atomic without an explicit transaction. An earlier message with the
         // same route and key that is pending (leased or not) or dead holds a keyed message back.
         let mut rows: Vec<ClaimRow> = sqlx::query_as(
@@ -322,76 +335,7 @@ impl SqliteStore {
         token: LeaseToken,
         attempt: Attempt,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let held: Option<(i64, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT seq, attempts, lease_owner, ordering_key FROM messages \
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
-        )
-        .bind(id.0)
-        .bind(token.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((seq, attempts, worker_id, ordering_key)) = held else {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT seq FROM messages WHERE id = ?1")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(match exists {
-                Some(_) => StoreError::LeaseLost(id),
-                None => StoreError::NotFound(id),
-            });
-        };
-        let ended =
-            attempt.started_at + chrono::TimeDelta::from_std(attempt.duration).unwrap_or_default();
-        let (state, retry_at, finished_at) = match attempt.outcome {
-            Outcome::Delivered => (MessageState::Delivered, None, Some(ended)),
-            Outcome::Retry { next_at } => (MessageState::Pending, Some(next_at), None),
-            Outcome::DeadLetter => (MessageState::Dead, None, Some(ended)),
-        };
-        let error_text = cut_error_text(attempt.error_text);
-        let (request_type, request) = split(attempt.request);
-        sqlx::query(
-            "INSERT INTO attempts (message_seq, number, worker_id, started_at, duration_ms, \
-             outcome, retry_at, error_class, error_text) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(seq)
-        .bind(attempts + 1)
-        .bind(&worker_id)
-        .bind(us(attempt.started_at))
-        .bind(millis(attempt.duration))
-        .bind(attempt.outcome.as_str())
-        .bind(retry_at.map(us))
-        .bind(&attempt.error_class)
-        .bind(&error_text)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE messages SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at), \
-             finished_at = ?4, lease_owner = NULL, lease_token = NULL, lease_until = NULL, \
-             attempts = attempts + 1, attempts_since_requeue = attempts_since_requeue + 1, \
-             last_error_class = ?5, last_error_text = ?6, \
-             last_request_type = COALESCE(?7, last_request_type), \
-             last_request = COALESCE(?8, last_request), updated_at = ?9 \
-             WHERE seq = ?1",
-        )
-        .bind(seq)
-        .bind(state.as_str())
-        .bind(retry_at.map(us))
-        .bind(finished_at.map(us))
-        .bind(&attempt.error_class)
-        .bind(&error_text)
-        .bind(request_type)
-        .bind(request)
-        .bind(us(ended))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if ordering_key.is_some() && state == MessageState::Delivered {
-            // The next message of this key may be claimable now.
-            self.wake();
-        }
-        Ok(())
+        self.attempts.submit((id, token, attempt)).await
     }
 
     pub(crate) async fn get(&self, id: MessageId) -> Result<Option<MessageView>, StoreError> {
@@ -476,7 +420,8 @@ impl SqliteStore {
         id: MessageId,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = write_conn(&self.writer, Durability::Full).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE messages SET state = 'pending', next_attempt_at = ?2, \
              attempts_since_requeue = 0, finished_at = NULL, updated_at = ?2 \
@@ -500,7 +445,7 @@ impl SqliteStore {
         filter: &MessageFilter,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = write_conn(&self.writer, Durability::Full).await?;
         let n = sqlx::query(concat!(
             "UPDATE messages SET state = 'pending', next_attempt_at = ?6, \
              attempts_since_requeue = 0, finished_at = NULL, updated_at = ?6 WHERE ",
@@ -527,7 +472,8 @@ impl SqliteStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = write_conn(&self.writer, Durability::Full).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE messages SET state = 'discarded', discard_reason = ?2, finished_at = ?3, \
              updated_at = ?3, lease_owner = NULL, lease_token = NULL, lease_until = NULL \
@@ -578,6 +524,7 @@ impl SqliteStore {
         let mut total = 0;
         loop {
             // Batches, each its own transaction, so ingress writes interleave with a big purge.
+            let mut conn = write_conn(&self.writer, Durability::Full).await?;
             let n = sqlx::query(
                 "UPDATE messages SET payload = NULL, original = NULL, last_request = NULL, \
                  answer = NULL, purged_at = ?2 \
@@ -588,7 +535,7 @@ impl SqliteStore {
             .bind(us(finished_before))
             .bind(us(now))
             .bind(PURGE_BATCH)
-            .execute(&self.writer)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             total += n;
@@ -662,6 +609,198 @@ impl SqliteStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// Commits batches of enqueues (see `batch`).
+struct Enqueuer {
+    writer: SqlitePool,
+    wake: watch::Sender<u64>,
+}
+
+impl Commit<NewMessage, Enqueued> for Enqueuer {
+    async fn commit(
+        &mut self,
+        items: &[NewMessage],
+    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+        let mut conn = write_conn(&self.writer, Durability::Full).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = Vec::with_capacity(items.len());
+        for msg in items {
+            results.push(enqueue_one(&mut tx, msg).await?);
+        }
+        tx.commit().await?;
+        if results.iter().any(|r| matches!(r, Ok(e) if !e.duplicate)) {
+            wake(&self.wake);
+        }
+        Ok(results)
+    }
+}
+
+/// Inserts one message of a batch (or finds its idempotent original). The outer error aborts the
+/// batch; the inner one is this message's own answer (a conflicting idempotency key).
+async fn enqueue_one(
+    tx: &mut SqliteConnection,
+    msg: &NewMessage,
+) -> Result<Result<Enqueued, StoreError>, StoreError> {
+    if let Some(idem) = &msg.idempotency {
+        // Also finds a message enqueued earlier in the same batch.
+        let first: Option<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT id, request_hash, answer FROM messages \
+             WHERE route_id = ?1 AND idempotency_key = ?2",
+        )
+        .bind(&msg.route_id)
+        .bind(&idem.key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, hash, answer)) = first {
+            if hash.as_deref() != Some(idem.request_hash.as_str()) {
+                return Ok(Err(StoreError::Conflict {
+                    route_id: msg.route_id.clone(),
+                    key: idem.key.clone(),
+                }));
+            }
+            return Ok(Ok(Enqueued {
+                id: MessageId(id),
+                duplicate: true,
+                answer: parse_answer(answer)?,
+            }));
+        }
+    }
+    let (original_type, original) = split_ref(&msg.original);
+    let (last_request_type, last_request) = split_ref(&msg.last_request);
+    let answer = msg.answer.as_ref().map(serde_json::Value::to_string);
+    sqlx::query(
+        "INSERT INTO messages (id, route_id, ordering_key, idempotency_key, request_hash, \
+         received_at, updated_at, next_attempt_at, payload_type, payload, original_type, \
+         original, last_request_type, last_request, answer) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .bind(msg.id.0)
+    .bind(&msg.route_id)
+    .bind(&msg.ordering_key)
+    .bind(msg.idempotency.as_ref().map(|i| &i.key))
+    .bind(msg.idempotency.as_ref().map(|i| &i.request_hash))
+    .bind(us(msg.received_at))
+    .bind(us(msg.next_attempt_at))
+    .bind(&msg.payload.content_type)
+    .bind(msg.payload.bytes.as_slice())
+    .bind(original_type)
+    .bind(original)
+    .bind(last_request_type)
+    .bind(last_request)
+    .bind(answer)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(Enqueued {
+        id: msg.id,
+        duplicate: false,
+        answer: msg.answer.clone(),
+    }))
+}
+
+/// Commits batches of attempt records (see `batch`).
+struct Recorder {
+    writer: SqlitePool,
+    wake: watch::Sender<u64>,
+}
+
+impl Commit<AttemptJob, ()> for Recorder {
+    async fn commit(
+        &mut self,
+        items: &[AttemptJob],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut conn = write_conn(&self.writer, Durability::Normal).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut wake_workers = false;
+        for (id, token, attempt) in items {
+            let result = record_one(&mut tx, *id, *token, attempt).await?;
+            wake_workers |= matches!(result, Ok(true));
+            results.push(result.map(|_| ()));
+        }
+        tx.commit().await?;
+        if wake_workers {
+            wake(&self.wake);
+        }
+        Ok(results)
+    }
+}
+
+/// Records one attempt of a batch. The outer error aborts the batch; the inner one is this
+/// attempt's own answer (a lost lease, an unknown message). `Ok(true)`: the next message of its
+/// ordering key may be claimable now.
+async fn record_one(
+    tx: &mut SqliteConnection,
+    id: MessageId,
+    token: LeaseToken,
+    attempt: &Attempt,
+) -> Result<Result<bool, StoreError>, StoreError> {
+    let held: Option<(i64, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT seq, attempts, lease_owner, ordering_key FROM messages \
+         WHERE id = ?1 AND lease_token = ?2 AND state = 'pending'",
+    )
+    .bind(id.0)
+    .bind(token.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((seq, attempts, worker_id, ordering_key)) = held else {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT seq FROM messages WHERE id = ?1")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        return Ok(Err(match exists {
+            Some(_) => StoreError::LeaseLost(id),
+            None => StoreError::NotFound(id),
+        }));
+    };
+    let ended =
+        attempt.started_at + chrono::TimeDelta::from_std(attempt.duration).unwrap_or_default();
+    let (state, retry_at, finished_at) = match attempt.outcome {
+        Outcome::Delivered => (MessageState::Delivered, None, Some(ended)),
+        Outcome::Retry { next_at } => (MessageState::Pending, Some(next_at), None),
+        Outcome::DeadLetter => (MessageState::Dead, None, Some(ended)),
+    };
+    let error_text = cut_error_text(attempt.error_text.clone());
+    let (request_type, request) = split_ref(&attempt.request);
+    sqlx::query(
+        "INSERT INTO attempts (message_seq, number, worker_id, started_at, duration_ms, \
+         outcome, retry_at, error_class, error_text) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(seq)
+    .bind(attempts + 1)
+    .bind(&worker_id)
+    .bind(us(attempt.started_at))
+    .bind(millis(attempt.duration))
+    .bind(attempt.outcome.as_str())
+    .bind(retry_at.map(us))
+    .bind(&attempt.error_class)
+    .bind(&error_text)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE messages SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at), \
+         finished_at = ?4, lease_owner = NULL, lease_token = NULL, lease_until = NULL, \
+         attempts = attempts + 1, attempts_since_requeue = attempts_since_requeue + 1, \
+         last_error_class = ?5, last_error_text = ?6, \
+         last_request_type = COALESCE(?7, last_request_type), \
+         last_request = COALESCE(?8, last_request), updated_at = ?9 \
+         WHERE seq = ?1",
+    )
+    .bind(seq)
+    .bind(state.as_str())
+    .bind(retry_at.map(us))
+    .bind(finished_at.map(us))
+    .bind(&attempt.error_class)
+    .bind(&error_text)
+    .bind(request_type)
+    .bind(request)
+    .bind(us(ended))
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(
+        ordering_key.is_some() && state == MessageState::Delivered
+    ))
 }
 
 /// Microseconds since the epoch: how times are stored.
