@@ -37,5 +37,6 @@ pub mod server;
 pub mod service;
 pub mod soap_ingress;
 pub mod store;
+pub mod testing;
 pub mod timer;
 pub mod worker;

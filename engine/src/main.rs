@@ -1,4 +1,4 @@
-//! The `tilts` binary: `serve`, `check`, `schema`, `demo`, `simulate`.
+//! The `tilts` binary: `serve`, `check`, `test`, `schema`, `demo`, `simulate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tilts_engine::logging::{self, LogFormat};
-use tilts_engine::{check, demo, server, service};
+use tilts_engine::{check, demo, server, service, testing};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,19 @@ enum Command {
         /// Keep serving after the demo batch, so you can try requests yourself.
         #[arg(long)]
         keep_running: bool,
+    },
+    /// Run the route tests (`route-tests/*.yaml` beside the route file) against stand-ins of the
+    /// systems. Exit 0 when all pass, 1 when any fails, 2 when the routes or tests cannot be read.
+    Test {
+        /// The route file.
+        #[arg(default_value = "routes.yaml")]
+        routes: PathBuf,
+        /// Run only the tests whose `route › name` contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// The folder of test files (default: `route-tests/` next to the route file).
+        #[arg(long)]
+        tests: Option<PathBuf>,
     },
     /// Run the simulators of the external systems on fixed ports (for trying routes by hand).
     Simulate {
@@ -175,6 +188,27 @@ async fn run(cli: Cli) -> ExitCode {
                 Err(e) => {
                     eprintln!("demo failed: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Test {
+            routes,
+            filter,
+            tests,
+        } => {
+            // No log subscriber: tilts' own logs stay quiet; the report goes to stdout.
+            let opts = testing::Options {
+                routes,
+                tests,
+                filter,
+            };
+            match testing::run(&opts, &mut std::io::stdout()).await {
+                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("tilts test: no tests ran");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -15,6 +15,13 @@
 //! - [`mod@xroad_rest`]: an X-Road REST security server in front of the Enterprise Register.
 //! - [`mod@dagr`]: the DAGR data platform (REST over mTLS, tokens, permissions).
 //! - [`pki`]: a throwaway certificate authority for the mTLS simulators.
+//! - [`mod@vpvkac`]: the VPVKAC IS (service catalogue, case status changes).
+//! - [`mod@piktaps`]: PIKTAPS, the ICT catalogue (route descriptors with revisions).
+//! - [`mod@riga`]: Riga's client-information system (OAuth2, client search, interactions).
+//! - [`mod@amqp_institution`]: an institution reached through RabbitMQ (not an HTTP server).
+//!
+//! The contracts of the three municipal systems are in `mappings/contracts/` and
+//! `docs/systems.md`.
 //!
 //! Each module documents its contract and exports its notable fixtures as constants, so tests
 //! and the demo can name them instead of copying numbers.
@@ -58,6 +65,24 @@ pub async fn population_register(addr: SocketAddr) -> io::Result<SimServer> {
     SimServer::start("population-register", addr, population_register::router()).await
 }
 
+/// Starts the VPVKAC IS simulator (name `vpvkac-is`) on `addr`.
+pub async fn vpvkac(addr: SocketAddr) -> io::Result<(SimServer, vpvkac::VpvkacState)> {
+    let (router, state) = vpvkac::router_with_state();
+    Ok((SimServer::start("vpvkac-is", addr, router).await?, state))
+}
+
+/// Starts the PIKTAPS simulator (name `piktaps`) on `addr`.
+pub async fn piktaps(addr: SocketAddr) -> io::Result<(SimServer, piktaps::PiktapsState)> {
+    let (router, state) = piktaps::router_with_state();
+    Ok((SimServer::start("piktaps", addr, router).await?, state))
+}
+
+/// Starts the Riga client-information simulator (name `riga-clients`) on `addr`.
+pub async fn riga(addr: SocketAddr) -> io::Result<(SimServer, riga::RigaState)> {
+    let (router, state) = riga::router_with_state();
+    Ok((SimServer::start("riga-clients", addr, router).await?, state))
+}
+
 /// All simulators, each on its own free port of 127.0.0.1.
 #[derive(Debug)]
 pub struct Simulators {
@@ -69,27 +94,51 @@ pub struct Simulators {
     pub social_services: SimServer,
     /// The Population Register (PMLP), SOAP.
     pub population_register: SimServer,
+    /// The VPVKAC IS.
+    pub vpvkac: SimServer,
+    /// What the VPVKAC IS received.
+    pub vpvkac_state: vpvkac::VpvkacState,
+    /// PIKTAPS.
+    pub piktaps: SimServer,
+    /// The descriptors PIKTAPS holds.
+    pub piktaps_state: piktaps::PiktapsState,
+    /// Riga's client-information system.
+    pub riga: SimServer,
+    /// The interactions Riga's system recorded.
+    pub riga_state: riga::RigaState,
 }
 
 impl Simulators {
     /// Starts every simulator on `127.0.0.1:0`.
     pub async fn start() -> io::Result<Simulators> {
         let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (vpvkac, vpvkac_state) = vpvkac(any_port).await?;
+        let (piktaps, piktaps_state) = piktaps(any_port).await?;
+        let (riga, riga_state) = riga(any_port).await?;
         Ok(Simulators {
             enterprise_register: enterprise_register(any_port).await?,
             address_register: address_register(any_port).await?,
             social_services: social_services(any_port).await?,
             population_register: population_register(any_port).await?,
+            vpvkac,
+            vpvkac_state,
+            piktaps,
+            piktaps_state,
+            riga,
+            riga_state,
         })
     }
 
     /// Every simulator, e.g. to clear faults or recordings between test steps.
-    pub fn all(&self) -> [&SimServer; 4] {
+    pub fn all(&self) -> [&SimServer; 7] {
         [
             &self.enterprise_register,
             &self.address_register,
             &self.social_services,
             &self.population_register,
+            &self.vpvkac,
+            &self.piktaps,
+            &self.riga,
         ]
     }
 
@@ -100,12 +149,19 @@ impl Simulators {
             address_register,
             social_services,
             population_register,
+            vpvkac,
+            piktaps,
+            riga,
+            ..
         } = self;
         tokio::join!(
             enterprise_register.shutdown(),
             address_register.shutdown(),
             social_services.shutdown(),
-            population_register.shutdown()
+            population_register.shutdown(),
+            vpvkac.shutdown(),
+            piktaps.shutdown(),
+            riga.shutdown()
         );
     }
 }
@@ -118,7 +174,7 @@ mod tests {
     async fn start_gives_distinct_working_simulators() {
         let sims = Simulators::start().await.unwrap();
         let urls: std::collections::HashSet<String> = sims.all().iter().map(|s| s.url()).collect();
-        assert_eq!(urls.len(), 4);
+        assert_eq!(urls.len(), 7);
         for sim in sims.all() {
             assert!(sim.url().starts_with("http://127.0.0.1:"));
             let health: serde_json::Value = reqwest::get(format!("{}/_sim/health", sim.url()))
@@ -136,7 +192,10 @@ mod tests {
                 "enterprise-register",
                 "address-register",
                 "social-services",
-                "population-register"
+                "population-register",
+                "vpvkac-is",
+                "piktaps",
+                "riga-clients"
             ]
         );
 
@@ -184,6 +243,33 @@ mod tests {
             .unwrap();
         assert_eq!(person.status(), 200);
         assert!(person.text().await.unwrap().contains("GetPersonResponse"));
+        let services = reqwest::Client::new()
+            .get(format!("{}/api/v1/services", sims.vpvkac.url()))
+            .bearer_auth(vpvkac::TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(services.status(), 200);
+        let listed = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/descriptors/{}",
+                sims.piktaps.url(),
+                piktaps::SYSTEM_CODE
+            ))
+            .bearer_auth(piktaps::TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+        let token = reqwest::Client::new()
+            .post(format!("{}{}", sims.riga.url(), riga::TOKEN_PATH))
+            .basic_auth(riga::CLIENT_ID, Some(riga::CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(token.status(), 200);
         // Each simulator recorded only its own request.
         for sim in sims.all() {
             assert_eq!(sim.requests().len(), 1, "{}", sim.name());
