@@ -22,42 +22,35 @@ use tokio::sync::watch;
 
 use crate::plan::{Ingress, Plan, Route};
 
-/// The descriptor of one route.
+/// The descriptor of one route (the `Descriptor` schema of the PIKTAPS contract).
 pub fn descriptor(route: &Route) -> Value {
     let interface = match &route.ingress {
         Ingress::Http => {
             json!({"protocol": "http", "method": route.method.as_str(), "path": route.path})
         }
-        Ingress::Soap(s) => json!({
-            "protocol": "soap", "method": "POST", "path": route.path,
-            "operation": s.operation, "namespace": s.namespace, "soapVersion": s.version.as_str(),
-        }),
-        Ingress::Amqp { system, queue, .. } => {
-            json!({"protocol": "amqp", "system": system.name, "queue": queue})
-        }
-        Ingress::Timer(t) => {
-            json!({"protocol": "timer", "schedule": t.expression, "timezone": t.timezone.name()})
-        }
+        Ingress::Soap(_) => json!({"protocol": "soap", "method": "POST", "path": route.path}),
+        Ingress::Amqp { queue, .. } => json!({"protocol": "amqp", "queue": queue}),
+        Ingress::Timer(t) => json!({"protocol": "timer", "schedule": t.expression}),
     };
     let direction = match route.ingress {
         Ingress::Timer(_) => "consumes",
         _ => "exposes",
     };
-    json!({
+    let mut d = json!({
         "routeId": route.id,
-        "name": route.description.clone().unwrap_or_else(|| route.id.clone()),
+        "name": route.id,
         "owner": route.owner,
         "direction": direction,
         "interface": interface,
-        "delivery": match route.delivery {
-            crate::config::types::Delivery::Sync => "sync",
-            crate::config::types::Delivery::Queued => "queued",
-        },
         "systems": route.about.systems,
         "schemas": route.about.files.iter().map(|(name, sha)| json!({"name": name, "sha256": sha})).collect::<Vec<_>>(),
-        "version": route.about.version,
+        "version": format!("sha256:{}", route.about.version),
         "updatedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    })
+    });
+    if let Some(text) = &route.description {
+        d["description"] = Value::String(text.chars().take(2000).collect());
+    }
+    d
 }
 
 /// Publishes every route's descriptor and withdraws the others. Returns how many descriptors
@@ -105,7 +98,7 @@ pub async fn publish(
     let listed: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
     let items = listed
         .as_array()
-        .or_else(|| listed["descriptors"].as_array())
+        .or_else(|| listed["items"].as_array())
         .cloned()
         .unwrap_or_default();
     let mut withdrawn = 0;

@@ -17,13 +17,30 @@ use tilts_adapters::sim::{
 
 use crate::check;
 
-/// The environment variables routes.yaml reads for the systems' URLs.
-pub const URL_VARS: [(&str, &str); 4] = [
-    ("ENTERPRISE_REGISTER_URL", "enterprise-register"),
-    ("ADDRESS_REGISTER_URL", "address-register"),
-    ("SOCIAL_SERVICES_URL", "social-services"),
-    ("POPULATION_REGISTER_URL", "population-register"),
+/// The environment variables routes.yaml reads for the systems' URLs, the simulator each one
+/// points at, and the path after the simulator's address.
+pub const URL_VARS: [(&str, &str, &str); 8] = [
+    ("ENTERPRISE_REGISTER_URL", "enterprise-register", ""),
+    ("ADDRESS_REGISTER_URL", "address-register", ""),
+    ("SOCIAL_SERVICES_URL", "social-services", ""),
+    ("POPULATION_REGISTER_URL", "population-register", ""),
+    ("VPVKAC_IS_URL", "vpvkac-is", "/api/v1"),
+    ("PIKTAPS_URL", "piktaps", "/api/v1"),
+    ("RIGA_CLIENTS_URL", "riga-clients", "/api/v1"),
+    ("RIGA_TOKEN_URL", "riga-clients", "/oauth/token"),
 ];
+
+/// The variables that point the shipped routes at `sims`.
+pub fn sim_env(sims: &Simulators) -> Vec<(String, String)> {
+    let urls: HashMap<&str, String> = sims.all().iter().map(|s| (s.name(), s.url())).collect();
+    URL_VARS
+        .iter()
+        .map(|(var, sys, path)| (var.to_string(), format!("{}{path}", urls[sys])))
+        .collect()
+}
+
+/// The RabbitMQ the shipped routes use when `AMQP_URL` is not set.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The sign-in identity of the (fictional) clerk on whose behalf the demo asks: an employee of
 /// the municipality, `AU:<reg no>-PK:<personal code>`, as the centres' system sends it.
@@ -76,16 +93,14 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
     let sims = Simulators::start()
         .await
         .context("starting the simulators")?;
-    let urls: HashMap<&str, String> = sims.all().iter().map(|s| (s.name(), s.url())).collect();
-    let overrides: HashMap<String, String> = URL_VARS
-        .iter()
-        .map(|(var, sys)| (var.to_string(), urls[sys].clone()))
-        .collect();
+    let overrides: HashMap<String, String> = sim_env(&sims).into_iter().collect();
     let lookup = move |k: &str| overrides.get(k).cloned().or_else(|| std::env::var(k).ok());
     let plan = match check::load_with_env(config, &lookup) {
         Ok(p) => p,
         Err(d) => bail!("{} does not check:\n{d}", config.display()),
     };
+    // The institution that takes applications from RabbitMQ, when a broker is there.
+    let institution = start_institution(&plan).await;
     let routes = plan.routes.len();
     let listen = if keep_running {
         plan.settings.listen.clone()
@@ -119,6 +134,15 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
     );
     for s in sims.all() {
         println!("  simulator  {:<20} {}", s.name(), s.url());
+    }
+    match &institution {
+        Ok(_) => println!(
+            "  simulator  {:<20} consumes vsaa.applications on RabbitMQ",
+            "vsaa (institution)"
+        ),
+        Err(why) => {
+            println!("  (no RabbitMQ: {why}; cases are stored and published when a broker is up)")
+        }
     }
     println!("  tilts      {:<20} {base}  ({routes} routes)\n", "");
 
@@ -199,6 +223,56 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         s.faults().clear();
     }
 
+    // The flow: the case went to the institution over RabbitMQ, and its status came back.
+    let flow_case = "VPVKAC-2026-000460";
+    println!(
+        "\n  The case flow ({flow_case}: centre -> tilts -> registries, Riga, VSAA -> status back):"
+    );
+    let riga_calls = sims.riga_state.all_interactions().len();
+    println!("    Riga client history     {riga_calls} interaction(s) recorded");
+    if let Ok(inst) = &institution {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let history = loop {
+            let h = sims.vpvkac_state.history(flow_case);
+            if !h.is_empty() || Instant::now() > deadline {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let got = inst
+            .received()
+            .iter()
+            .any(|a| a["applicationId"] == flow_case);
+        println!(
+            "    VSAA over RabbitMQ      {}",
+            if got {
+                "received the enriched application"
+            } else {
+                "did not receive it"
+            }
+        );
+        match history.last() {
+            Some(change) => println!(
+                "    VPVKAC IS               status {:?} from {} (its case {})",
+                change.status,
+                change.institution,
+                change.institution_case_number.as_deref().unwrap_or("-")
+            ),
+            None => {
+                failures += 1;
+                println!("    VPVKAC IS               FAIL: no status came back within 20 s");
+            }
+        }
+        if !got {
+            failures += 1;
+        }
+    }
+    let descriptors = sims.piktaps_state.descriptors(sim::piktaps::SYSTEM_CODE);
+    println!(
+        "    PIKTAPS                 {} route descriptor(s) published",
+        descriptors.len()
+    );
+
     println!("\n  What the systems received (recorded by the simulators):");
     for s in sims.all() {
         println!("    {:<20} {} request(s)", s.name(), s.requests().len());
@@ -252,6 +326,9 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         crate::server::shutdown_signal().await;
     }
     running.stop().await;
+    if let Ok(inst) = institution {
+        inst.stop().await;
+    }
     drop(data);
     sims.shutdown().await;
     if failures > 0 {
@@ -266,6 +343,27 @@ fn sim_named<'a>(sims: &'a Simulators, name: &str) -> &'a sim::SimServer {
         .into_iter()
         .find(|s| s.name() == name)
         .expect("known simulator")
+}
+
+/// Starts the simulated institution on the broker of the shipped routes, or says why not.
+async fn start_institution(
+    plan: &crate::plan::Plan,
+) -> Result<sim::amqp_institution::AmqpInstitution, String> {
+    let Some(handle) = plan.systems.get("broker").and_then(|s| s.amqp()) else {
+        return Err("the routes declare no `broker`".into());
+    };
+    let mut spec = handle.spec.clone();
+    spec.name = "vsaa-simulator".into();
+    spec.connect_timeout = Duration::from_secs(2);
+    let redacted = tilts_adapters::amqp::redact_url(&spec.url);
+    sim::amqp_institution::AmqpInstitution::start(
+        spec,
+        "vsaa.applications",
+        "tilts.status",
+        "status.vsaa",
+    )
+    .await
+    .map_err(|e| format!("{redacted} unreachable ({})", e.kind.name()))
 }
 
 /// A SOAP answer as the demo shows it: the Fault's reason, or the answer read as data.
@@ -299,6 +397,13 @@ fn get_person_envelope(personal_code: &str) -> String {
 
 /// One line about an answer: its key fields, or the problem's title and violations.
 fn summarize(body: &Value) -> String {
+    match body.get("status").and_then(Value::as_str) {
+        Some("published") => return "published to RabbitMQ, confirmed by the broker".into(),
+        Some("accepted") if body.get("route").and_then(Value::as_str) == Some("case-submit") => {
+            return "stored by tilts: published when the broker is reachable".into();
+        }
+        _ => {}
+    }
     if let (Some(given), Some(family)) = (
         body.get("givenName").and_then(Value::as_str),
         body.get("familyName").and_then(Value::as_str),
@@ -509,6 +614,20 @@ fn cases() -> Vec<Case> {
             502,
         ),
         soap("SOAP 1.1 client asks tilts", pr::DECEASED, Fault::None, 200),
+        post(
+            "case from a centre, to VSAA via RabbitMQ",
+            "/v1/cases",
+            application(460, pr::ACTIVE),
+            Fault::None,
+            202,
+        ),
+        post(
+            "case, applicant not in the register",
+            "/v1/cases",
+            application(461, pr::NOT_FOUND),
+            Fault::None,
+            422,
+        ),
         soap(
             "SOAP client, unknown person",
             pr::NOT_FOUND,
@@ -595,9 +714,17 @@ pub async fn simulate(first_port: u16) -> anyhow::Result<()> {
         sim::address_register(at(first_port + 1)).await?,
         sim::social_services(at(first_port + 2)).await?,
         sim::population_register(at(first_port + 3)).await?,
+        sim::vpvkac(at(first_port + 4)).await?.0,
+        sim::piktaps(at(first_port + 5)).await?.0,
+        sim::riga(at(first_port + 6)).await?.0,
     ];
-    for (s, (var, _)) in sims.iter().zip(URL_VARS) {
-        println!("{:<20} {}   ({var})", s.name(), s.url());
+    for s in &sims {
+        let vars: Vec<&str> = URL_VARS
+            .iter()
+            .filter(|(_, sys, _)| *sys == s.name())
+            .map(|(var, _, _)| *var)
+            .collect();
+        println!("{:<20} {}   ({})", s.name(), s.url(), vars.join(", "));
     }
     println!("Ctrl-C stops.");
     crate::server::shutdown_signal().await;

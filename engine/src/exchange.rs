@@ -167,17 +167,26 @@ async fn publish(
             headers.push((k.as_str().to_string(), v.to_string()));
         }
     }
-    let system = broker.get().await?;
-    system
-        .publish(tilts_adapters::amqp::Outgoing {
-            exchange: call.exchange.clone(),
-            routing_key: req.path,
-            body: req.body.unwrap_or_default(),
-            content_type,
-            message_id: correlation_id.to_string(),
-            headers,
-        })
-        .await?;
+    let msg = tilts_adapters::amqp::Outgoing {
+        exchange: call.exchange.clone(),
+        routing_key: req.path,
+        body: req.body.unwrap_or_default(),
+        content_type,
+        message_id: correlation_id.to_string(),
+        headers,
+    };
+    if let Some(capture) = broker.captured() {
+        // `tilts test`: record, and answer as scripted.
+        let outcome = capture.script.lock().ok().and_then(|mut s| s.pop_front());
+        if let Ok(mut p) = capture.published.lock() {
+            p.push(msg);
+        }
+        if let Some(Some(e)) = outcome {
+            return Err(e);
+        }
+    } else {
+        broker.get().await?.publish(msg).await?;
+    }
     Ok(Answer {
         status: 202,
         headers: HeaderMap::new(),

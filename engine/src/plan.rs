@@ -70,6 +70,18 @@ impl System {
 pub struct AmqpHandle {
     pub spec: AmqpSpec,
     conn: tokio::sync::OnceCell<AmqpSystem>,
+    /// Set by `tilts test`: publishes are recorded here (and answered from the script)
+    /// instead of going to a broker.
+    capture: std::sync::OnceLock<Arc<Capture>>,
+}
+
+/// What a captured broker records, and how it answers (`tilts test`).
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub published: std::sync::Mutex<Vec<tilts_adapters::amqp::Outgoing>>,
+    /// Scripted outcomes for the next publishes, in order (`None` = confirmed); when empty,
+    /// every publish is confirmed.
+    pub script: std::sync::Mutex<std::collections::VecDeque<Option<DeliveryError>>>,
 }
 
 impl std::fmt::Debug for AmqpHandle {
@@ -87,7 +99,21 @@ impl AmqpHandle {
         AmqpHandle {
             spec,
             conn: tokio::sync::OnceCell::new(),
+            capture: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this broker a recorder (for `tilts test`): nothing connects; publishes are kept
+    /// in the returned [`Capture`]. Must be called before the first use.
+    pub fn capture(&self) -> Arc<Capture> {
+        self.capture
+            .get_or_init(|| Arc::new(Capture::default()))
+            .clone()
+    }
+
+    /// The recorder, when [`AmqpHandle::capture`] made this broker one.
+    pub fn captured(&self) -> Option<&Arc<Capture>> {
+        self.capture.get()
     }
 
     /// The connected broker (connecting and declaring the topology on first use).

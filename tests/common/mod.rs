@@ -153,10 +153,10 @@ impl Tilts {
             .env_remove("TILTS_CONFIG")
             .env_remove("TILTS_LOG_FORMAT")
             .env("TILTS_LOG", log)
-            .env("ENTERPRISE_REGISTER_URL", sims.enterprise_register.url())
-            .env("ADDRESS_REGISTER_URL", sims.address_register.url())
-            .env("SOCIAL_SERVICES_URL", sims.social_services.url())
-            .env("POPULATION_REGISTER_URL", sims.population_register.url());
+            // Tests that want RabbitMQ say so in `launch.env`; the others must not touch the
+            // machine's broker (its queues are shared), so by default it is unreachable.
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .envs(tilts_engine::demo::sim_env(sims));
         for (k, v) in &launch.env {
             command.env(k, v);
         }
