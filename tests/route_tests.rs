@@ -5,7 +5,10 @@
 //!   `mappings/company-lookup/response.json.hbs`), `tilts test` exits 1 and prints the diff of
 //!   the expected and actual body at the JSON pointers concerned, and the summary line.
 //! - Tests that fail on purpose (`tests/fixtures/route-tests/failing/`) report a system called
-//!   beyond its script, an unused scripted answer and a wrong request.
+//!   beyond its script, an unused scripted answer, a wrong request, a published message that
+//!   differs, an unused publish outcome and a wrong decision on a queue's message.
+//! - The routes with a RabbitMQ broker are tested without one: the broker's URL is not used
+//!   (an `AMQP_URL` that is not even a URL changes nothing).
 //! - Test files that cannot be used (`tests/fixtures/route-tests/unknown-*`), and a route file
 //!   that cannot be read, exit 2 naming the file, the test and the problem.
 
@@ -22,8 +25,17 @@ struct Run {
 
 /// Runs `tilts test ARGS` in `dir` with an empty environment except `PATH`.
 fn tilts_test(dir: &Path, args: &[&str]) -> Run {
+    tilts_test_env(dir, args, &[])
+}
+
+/// [`tilts_test`] with these variables set.
+fn tilts_test_env(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tilts"));
-    cmd.arg("test").args(args).current_dir(dir).env_clear();
+    cmd.arg("test")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(vars.iter().copied());
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
@@ -100,6 +112,23 @@ fn the_shipped_routes_pass_their_tests() {
 }
 
 #[test]
+fn broker_routes_are_tested_without_a_broker() {
+    let run = tilts_test_env(
+        repo(),
+        &["routes.yaml", "--filter", "case-"],
+        &[("AMQP_URL", "no broker here")],
+    );
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(count(&run.stdout, "passed") >= 10, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("test case-submit › a case is stored while the broker is away and published when it is back ... ok"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
 fn a_broken_mapping_fails_with_a_readable_diff() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(repo().join("routes.yaml"), tmp.path().join("routes.yaml")).unwrap();
@@ -168,7 +197,7 @@ fn misscripted_tests_say_what_went_wrong() {
     );
     assert_eq!(run.code, Some(1), "{run:#?}");
     let out = &run.stdout;
-    assert_eq!(count(out, "failed"), 3, "{out}");
+    assert_eq!(count(out, "failed"), 5, "{out}");
     assert_eq!(count(out, "passed"), 0, "{out}");
     // A call beyond the script: answered 500, so the route's 502 is the answer.
     assert!(
@@ -193,6 +222,20 @@ fn misscripted_tests_say_what_went_wrong() {
     );
     assert!(
         out.contains("  requests.address-register[0].path:\n    - expected: /addresses/100000000\n    + actual:   /addresses/103716270\n"),
+        "{out}"
+    );
+    // A broker: a publish outcome never used, a message published with another routing key.
+    assert!(
+        out.contains("  systems.broker: 1 scripted publish outcome(s) were not used: the route published to `broker` 1 time(s)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  requests.broker[0].routing_key:\n    - expected: applications.lad\n    + actual:   applications.vsaa\n"),
+        "{out}"
+    );
+    // A message from a queue: the decision.
+    assert!(
+        out.contains("  expect.decision:\n    - expected: ack\n    + actual:   reject\n  (decision: reject)\n"),
         "{out}"
     );
 }

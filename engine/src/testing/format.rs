@@ -10,12 +10,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use tilts_adapters::amqp::Decision;
+use tilts_adapters::contract::{DeliveryError, FailureKind};
 
 use crate::config::types::Dur;
 use crate::config::yaml;
 use crate::diag::closest;
-use crate::plan::{Ingress, Plan};
+use crate::plan::{Ingress, Plan, Route};
 
 /// A file of route tests.
 #[derive(Debug, Deserialize)]
@@ -35,9 +38,17 @@ pub struct Case {
     /// The request sent to tilts.
     #[serde(default)]
     pub request: RequestSpec,
-    /// Per system: its answers, in the order of the calls it gets.
-    #[serde(default)]
+    /// Per system, as written: answers (HTTP systems) or publish outcomes (brokers). Read
+    /// [`Case::systems`] and [`Case::publishes`] instead.
+    #[serde(default, rename = "systems")]
+    pub script: BTreeMap<String, Vec<Scripted>>,
+    /// Per HTTP system: its answers, in the order of the calls it gets (filled in when read).
+    #[serde(skip)]
     pub systems: BTreeMap<String, Vec<ScriptedAnswer>>,
+    /// Per broker (`amqp` system): the outcomes of its next publishes, in order (filled in
+    /// when read).
+    #[serde(skip)]
+    pub publishes: BTreeMap<String, Vec<PublishOutcome>>,
     /// What tilts must answer (and, for queued routes, how delivery must end).
     pub expect: Expect,
     /// Per system: the requests tilts must have sent it, in order; `[]` means none.
@@ -64,7 +75,8 @@ pub struct Origin {
     pub line: u64,
 }
 
-/// The request a test sends. Give at most one of `body`, `xml`, `soap`, `text`.
+/// The request a test sends. Give at most one of `body`, `xml`, `soap`, `text`. Routes fed by
+/// a RabbitMQ queue take `amqp` instead, timer routes `timer`, and nothing else.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
@@ -83,6 +95,142 @@ pub struct RequestSpec {
     pub soap: Option<String>,
     /// A body sent as it is (`text/plain` unless `headers` say otherwise).
     pub text: Option<String>,
+    /// Routes with `from: amqp`: the message taken from the queue.
+    pub amqp: Option<AmqpRequest>,
+    /// Routes with `from: timer`: one run of the schedule.
+    pub timer: Option<TimerRequest>,
+}
+
+impl RequestSpec {
+    /// Whether anything but `amqp` and `timer` is given.
+    fn has_http_parts(&self) -> bool {
+        self.method.is_some()
+            || self.path.is_some()
+            || !self.headers.is_empty()
+            || self.body.is_some()
+            || self.xml.is_some()
+            || self.soap.is_some()
+            || self.text.is_some()
+    }
+}
+
+/// A message a route with `from: amqp` takes from its queue. Give one of `body`, `text`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpRequest {
+    /// A JSON body (content type `application/json` unless `content_type` says otherwise).
+    pub body: Option<Value>,
+    /// A body as it is (no content type unless `content_type` gives one: tilts then reads it
+    /// as JSON, as it does such a message from the broker).
+    pub text: Option<String>,
+    /// The message's `content-type` property.
+    pub content_type: Option<String>,
+    /// The message's `message-id` property (on queued routes the idempotency key).
+    pub message_id: Option<String>,
+    /// Application headers (string values).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One run of a timer route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerRequest {
+    /// The run's time, RFC 3339 (`2026-11-28T05:00:00Z`); default: the schedule's next run
+    /// after now. Sent as tilts' timer sends it: UTC, whole seconds.
+    #[serde(rename = "scheduledAt")]
+    pub scheduled_at: Option<String>,
+}
+
+/// One entry of a system's script: an answer of an HTTP system, or a publish outcome of a
+/// broker (`confirmed`, or an answer with only `fail`).
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// A map: an HTTP answer, or `{ fail: ... }` for a broker.
+    Answer(Box<ScriptedAnswer>),
+    /// `confirmed`: the broker confirms the publish.
+    Confirmed,
+}
+
+impl<'de> Deserialize<'de> for Scripted {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scripted;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an answer such as `{ status: 200, body: {...} }`, or for a broker `confirmed` or `{ fail: connect }`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scripted, E> {
+                if s == "confirmed" {
+                    Ok(Scripted::Confirmed)
+                } else {
+                    Err(E::custom(format!(
+                        "unknown publish outcome `{s}`: write `confirmed`, or `fail: connect`, `fail: timeout`, `fail: nack` or `fail: unroutable`"
+                    )))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scripted, A::Error> {
+                ScriptedAnswer::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|a| Scripted::Answer(Box::new(a)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a broker answers one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// The broker confirms it.
+    Confirmed,
+    /// The publish fails this way.
+    Fail(PublishFailure),
+}
+
+/// A scripted publish failure, as the RabbitMQ adapter classifies the real one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishFailure {
+    /// The broker is unreachable (retryable).
+    Connect,
+    /// No confirm within the system's timeout (retryable).
+    Timeout,
+    /// The broker refused to store it (retryable).
+    Nack,
+    /// No queue is bound for the exchange and routing key (permanent).
+    Unroutable,
+}
+
+impl PublishFailure {
+    /// The error the adapter gives for this failure of `system`.
+    pub fn error(self, system: &str) -> DeliveryError {
+        let (kind, detail) = match self {
+            PublishFailure::Connect => (
+                FailureKind::Connect,
+                "route test: the broker is unreachable",
+            ),
+            PublishFailure::Timeout => (
+                FailureKind::Timeout,
+                "route test: the broker did not confirm the message in time",
+            ),
+            PublishFailure::Nack => (
+                FailureKind::Connect,
+                "route test: the broker refused to store the message (nack)",
+            ),
+            PublishFailure::Unroutable => (
+                FailureKind::Request,
+                "route test: no queue is bound for the exchange and routing key",
+            ),
+        };
+        DeliveryError {
+            system: system.to_owned(),
+            kind,
+            retry_after: None,
+            detail: detail.to_owned(),
+        }
+    }
 }
 
 /// One scripted answer of a system. Give at most one of `body`, `xml`, `soap`, `text`,
@@ -116,6 +264,25 @@ pub struct ScriptedAnswer {
     /// automatically with a transaction id).
     #[serde(default)]
     pub start_transaction: bool,
+    /// Brokers only: the publish fails this way (the entry has no other key).
+    pub fail: Option<PublishFailure>,
+}
+
+impl ScriptedAnswer {
+    /// Whether the entry is `{ fail: ... }` and nothing else.
+    fn is_only_fail(&self) -> bool {
+        self.fail.is_some()
+            && self.status.is_none()
+            && self.body.is_none()
+            && self.xml.is_none()
+            && self.soap.is_none()
+            && self.text.is_none()
+            && self.fault.is_none()
+            && self.headers.is_empty()
+            && self.delay.is_none()
+            && !self.timeout
+            && !self.start_transaction
+    }
 }
 
 /// A scripted SOAP Fault.
@@ -135,12 +302,14 @@ pub struct FaultSpec {
     pub detail: Option<String>,
 }
 
-/// What tilts must answer.
+/// What tilts must answer (and, for queued routes, how delivery must end).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// The HTTP status.
-    pub status: u16,
+    /// The HTTP status (required, except for AMQP messages, which get no answer).
+    pub status: Option<u16>,
+    /// AMQP messages: what tilts tells the broker.
+    pub decision: Option<DecisionSpec>,
     /// The answer contains this (JSON: objects may have more keys, lists have the same length
     /// and each item contains the expected one; XML answers are compared as data, see
     /// docs/routes.md, with local names; SOAP answers: the Body's content).
@@ -168,7 +337,40 @@ pub struct Expect {
     pub attempts: Option<u32>,
 }
 
-/// A request tilts must have sent (each field a check; all optional).
+/// What tilts does with a message it took from a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionSpec {
+    /// Acknowledged: done.
+    Ack,
+    /// Rejected: dead-lettered by the broker.
+    Reject,
+    /// Handed back to the queue to be tried again.
+    Requeue,
+}
+
+impl DecisionSpec {
+    /// The decision this names.
+    pub fn decision(self) -> Decision {
+        match self {
+            DecisionSpec::Ack => Decision::Ack,
+            DecisionSpec::Reject => Decision::Reject,
+            DecisionSpec::Requeue => Decision::Requeue,
+        }
+    }
+
+    /// The name written in tests for a decision.
+    pub fn name_of(d: Decision) -> &'static str {
+        match d {
+            Decision::Ack => "ack",
+            Decision::Reject => "reject",
+            Decision::Requeue => "requeue",
+        }
+    }
+}
+
+/// A request tilts must have sent (each field a check; all optional). For a broker, a message
+/// it published: `exchange`, `routing_key`, `headers`, `body`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestExpect {
@@ -190,6 +392,10 @@ pub struct RequestExpect {
     /// XML and SOAP requests: path -> text, selected from the whole document (the Envelope).
     #[serde(default)]
     pub xpath: BTreeMap<String, Value>,
+    /// Brokers: the exchange published to, exactly.
+    pub exchange: Option<String>,
+    /// Brokers: the routing key, exactly.
+    pub routing_key: Option<String>,
 }
 
 /// Why the tests could not be read.
@@ -326,18 +532,8 @@ pub fn parse(text: &str, file: &Path, plan: &Plan) -> Result<Vec<Case>, FormatEr
                 format!("no route `{}` in the route file; {hint}", case.route),
             ));
         };
-        if !matches!(route.ingress, Ingress::Http | Ingress::Soap(_)) {
-            return Err(err(
-                at_line("/route"),
-                Some(label),
-                format!(
-                    "route `{}` does not take HTTP or SOAP requests: tilts test runs routes with `from: http` or `from: soap`",
-                    case.route
-                ),
-            ));
-        }
         for (key, names) in [
-            ("systems", case.systems.keys().collect::<Vec<_>>()),
+            ("systems", case.script.keys().collect::<Vec<_>>()),
             ("requests", case.requests.keys().collect()),
         ] {
             for name in names {
@@ -353,20 +549,49 @@ pub fn parse(text: &str, file: &Path, plan: &Plan) -> Result<Vec<Case>, FormatEr
                 }
             }
         }
-        let bodies = [
-            case.request.body.is_some(),
-            case.request.xml.is_some(),
-            case.request.soap.is_some(),
-            case.request.text.is_some(),
-        ];
-        if bodies.iter().filter(|b| **b).count() > 1 {
-            return Err(err(
-                at_line("/request"),
-                Some(label),
-                "give one of request.body, request.xml, request.soap, request.text".into(),
-            ));
-        }
-        for (system, answers) in &case.systems {
+        check_request_kind(&case, route).map_err(|(p, m)| {
+            err(
+                p.map_or(Some(line), |p| at_line(&p)),
+                Some(label.clone()),
+                m,
+            )
+        })?;
+        let script = std::mem::take(&mut case.script);
+        for (system, entries) in script {
+            let is_broker = plan
+                .systems
+                .get(&system)
+                .is_some_and(|s| s.amqp().is_some());
+            let at = |j: usize| at_line(&format!("/systems/{}/{j}", yaml::escape_pointer(&system)));
+            let mut answers = Vec::new();
+            let mut outcomes = Vec::new();
+            for (j, entry) in entries.into_iter().enumerate() {
+                match (is_broker, entry) {
+                    (true, Scripted::Confirmed) => outcomes.push(PublishOutcome::Confirmed),
+                    (true, Scripted::Answer(a)) => match a.fail {
+                        Some(f) if a.is_only_fail() => outcomes.push(PublishOutcome::Fail(f)),
+                        _ => {
+                            return Err(err(
+                                at(j),
+                                Some(label),
+                                format!(
+                                    "systems.{system}[{j}]: `{system}` is a RabbitMQ broker: its script lists publish outcomes, `confirmed` or `fail: connect` (or `timeout`, `nack`, `unroutable`), nothing else"
+                                ),
+                            ));
+                        }
+                    },
+                    (false, Scripted::Answer(a)) if a.fail.is_none() => answers.push(*a),
+                    (false, _) => {
+                        return Err(err(
+                            at(j),
+                            Some(label),
+                            format!(
+                                "systems.{system}[{j}]: `confirmed` and `fail` are publish outcomes of RabbitMQ brokers, and `{system}` is an HTTP system: script its answer, e.g. `{{ status: 200, body: {{...}} }}`"
+                            ),
+                        ));
+                    }
+                }
+            }
             for (j, a) in answers.iter().enumerate() {
                 let n = [
                     a.body.is_some(),
@@ -380,22 +605,55 @@ pub fn parse(text: &str, file: &Path, plan: &Plan) -> Result<Vec<Case>, FormatEr
                 .count();
                 if n > 1 {
                     return Err(err(
-                        at_line(&format!("/systems/{}/{j}", yaml::escape_pointer(system))),
+                        at(j),
                         Some(label),
                         format!("systems.{system}[{j}]: give one of body, xml, soap, text, fault"),
                     ));
                 }
             }
+            if is_broker {
+                case.publishes.insert(system, outcomes);
+            } else {
+                case.systems.insert(system, answers);
+            }
         }
-        if case.request.path.is_none() && route.path.contains('{') {
-            return Err(err(
-                Some(line),
-                Some(label),
-                format!(
-                    "route `{}` has path parameters ({}): write request.path, e.g. the path with values filled in",
-                    route.id, route.path
-                ),
-            ));
+        for (system, expected) in &case.requests {
+            let is_broker = plan.systems.get(system).is_some_and(|s| s.amqp().is_some());
+            for (j, e) in expected.iter().enumerate() {
+                let wrong = if is_broker {
+                    [
+                        ("method", e.method.is_some()),
+                        ("path", e.path.is_some()),
+                        ("xpath", !e.xpath.is_empty()),
+                    ]
+                    .into_iter()
+                    .find(|(_, given)| *given)
+                    .map(|(k, _)| {
+                        format!(
+                            "requests.{system}[{j}].{k}: `{system}` is a RabbitMQ broker: check a published message with exchange, routing_key, headers, absent_headers, body, body_exact"
+                        )
+                    })
+                } else {
+                    [
+                        ("exchange", e.exchange.is_some()),
+                        ("routing_key", e.routing_key.is_some()),
+                    ]
+                    .into_iter()
+                    .find(|(_, given)| *given)
+                    .map(|(k, _)| {
+                        format!(
+                            "requests.{system}[{j}].{k}: `{k}` applies to messages published to a RabbitMQ broker, and `{system}` is an HTTP system"
+                        )
+                    })
+                };
+                if let Some(m) = wrong {
+                    return Err(err(
+                        at_line(&format!("/requests/{}/{j}", yaml::escape_pointer(system))),
+                        Some(label),
+                        m,
+                    ));
+                }
+            }
         }
         if !seen.insert((case.route.clone(), case.name.clone())) {
             return Err(err(
@@ -410,6 +668,140 @@ pub fn parse(text: &str, file: &Path, plan: &Plan) -> Result<Vec<Case>, FormatEr
         cases.push(case);
     }
     Ok(cases)
+}
+
+/// Checks that the request suits the route's source (HTTP, SOAP, AMQP or timer) and that
+/// `expect` asks what that source can show. On error: the pointer (relative to the test) and
+/// the message.
+fn check_request_kind(case: &Case, route: &Route) -> Result<(), (Option<String>, String)> {
+    let r = &case.request;
+    let e = &case.expect;
+    match &route.ingress {
+        Ingress::Amqp { system, queue, .. } => {
+            let Some(m) = &r.amqp else {
+                return Err((
+                    Some("/request".into()),
+                    format!(
+                        "route `{}` takes messages from queue `{queue}` of `{}`: write the message as request.amqp, e.g. `amqp: {{ body: {{...}} }}`",
+                        route.id, system.name
+                    ),
+                ));
+            };
+            if r.has_http_parts() || r.timer.is_some() {
+                return Err((
+                    Some("/request".into()),
+                    "request.amqp is the whole request of a route fed by a queue: move headers and the body into it (amqp: { body, text, content_type, message_id, headers })".into(),
+                ));
+            }
+            if m.body.is_some() && m.text.is_some() {
+                return Err((
+                    Some("/request/amqp".into()),
+                    "give one of request.amqp.body, request.amqp.text".into(),
+                ));
+            }
+            let answer_keys = [
+                ("status", e.status.is_some()),
+                ("body", e.body.is_some()),
+                ("body_exact", e.body_exact.is_some()),
+                ("headers", !e.headers.is_empty()),
+                ("absent_headers", !e.absent_headers.is_empty()),
+                ("xpath", !e.xpath.is_empty()),
+                ("fault", e.fault.is_some()),
+            ];
+            if let Some((k, _)) = answer_keys.iter().find(|(_, given)| *given) {
+                return Err((
+                    Some(format!("/expect/{k}")),
+                    format!(
+                        "expect.{k}: a message from a queue gets no answer: expect `decision: ack`, `reject` or `requeue` (and `delivered`, `dead`, `attempts` on queued routes)"
+                    ),
+                ));
+            }
+            if e.decision.is_none() {
+                return Err((
+                    Some("/expect".into()),
+                    "expect.decision is missing: say what tilts tells the broker, `ack`, `reject` or `requeue`".into(),
+                ));
+            }
+        }
+        other => {
+            let timer = matches!(other, Ingress::Timer(_));
+            if r.amqp.is_some() {
+                return Err((
+                    Some("/request/amqp".into()),
+                    format!(
+                        "request.amqp is for routes fed by a RabbitMQ queue, and route `{}` is not one",
+                        route.id
+                    ),
+                ));
+            }
+            if e.decision.is_some() {
+                return Err((
+                    Some("/expect/decision".into()),
+                    format!(
+                        "expect.decision is for routes fed by a RabbitMQ queue, and route `{}` is not one: expect `status`",
+                        route.id
+                    ),
+                ));
+            }
+            if timer {
+                if r.timer.is_none() || r.has_http_parts() {
+                    return Err((
+                        Some("/request".into()),
+                        format!(
+                            "route `{}` runs on a timer: write the run as request.timer, e.g. `timer: {{ scheduledAt: \"2026-11-28T05:00:00Z\" }}`, and nothing else",
+                            route.id
+                        ),
+                    ));
+                }
+                if let Some(t) = r.timer.as_ref().and_then(|t| t.scheduled_at.as_deref())
+                    && t.parse::<chrono::DateTime<chrono::Utc>>().is_err()
+                {
+                    return Err((
+                        Some("/request/timer/scheduledAt".into()),
+                        format!(
+                            "request.timer.scheduledAt: `{t}` is not an RFC 3339 time; write e.g. \"2026-11-28T05:00:00Z\""
+                        ),
+                    ));
+                }
+            } else if r.timer.is_some() {
+                return Err((
+                    Some("/request/timer".into()),
+                    format!(
+                        "request.timer is for routes with `from: timer`, and route `{}` is not one",
+                        route.id
+                    ),
+                ));
+            }
+            if e.status.is_none() {
+                return Err((
+                    Some("/expect".into()),
+                    "expect.status is missing: write the HTTP status tilts must answer".into(),
+                ));
+            }
+            let bodies = [
+                r.body.is_some(),
+                r.xml.is_some(),
+                r.soap.is_some(),
+                r.text.is_some(),
+            ];
+            if bodies.iter().filter(|b| **b).count() > 1 {
+                return Err((
+                    Some("/request".into()),
+                    "give one of request.body, request.xml, request.soap, request.text".into(),
+                ));
+            }
+            if !timer && r.path.is_none() && route.path.contains('{') {
+                return Err((
+                    None,
+                    format!(
+                        "route `{}` has path parameters ({}): write request.path, e.g. the path with values filled in",
+                        route.id, route.path
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
@@ -462,6 +854,11 @@ mod tests {
 version: 1
 systems:
   enterprise-register: { http: { url: "http://127.0.0.1:9" } }
+  broker:
+    amqp:
+      url: "amqp://127.0.0.1:1/%2f"
+      exchanges: [{ name: out, type: topic }]
+      queues: [{ name: in, bindings: [{ exchange: out, routing_key: "status.#" }] }]
 routes:
   - id: company-lookup
     owner: "90000038741"
@@ -471,6 +868,20 @@ routes:
     owner: "90000038741"
     from: { http: { method: GET, path: "/v1/addresses/{code}" } }
     to: { system: enterprise-register, method: GET, path: "/addresses/{{params.code}}" }
+  - id: publish
+    owner: "90000038741"
+    from: { http: { method: POST, path: /v1/publish } }
+    to: { system: broker, exchange: out, routing_key: applications.x }
+  - id: consume
+    owner: "90000038741"
+    from: { amqp: { system: broker, queue: in } }
+    delivery: queued
+    to: { system: enterprise-register, path: /status }
+  - id: tick
+    owner: "90000038741"
+    from: { timer: { cron: "0 0 5 * * *" } }
+    delivery: queued
+    to: { system: enterprise-register, method: GET, path: /services }
 "#;
 
     fn plan() -> Plan {
@@ -496,7 +907,7 @@ routes:
         assert_eq!(c.origin.line, 2);
         assert_eq!(c.request.method, None);
         assert_eq!(c.systems["enterprise-register"].len(), 1);
-        assert_eq!(c.expect.status, 200);
+        assert_eq!(c.expect.status, Some(200));
     }
 
     #[test]
@@ -575,5 +986,251 @@ routes:
         // YAML syntax.
         let e = parse_err("tests:\n  - name: [a\n");
         assert!(e.message.starts_with("YAML syntax"), "{e}");
+    }
+    #[test]
+    fn a_broker_script_is_read_as_publish_outcomes() {
+        let text = "tests:\n  - name: p\n    route: publish\n    request: { body: { a: 1 } }\n    systems:\n      broker: [confirmed, { fail: connect }, { fail: timeout }, { fail: nack }, { fail: unroutable }]\n    expect: { status: 202 }\n    requests:\n      broker:\n        - { exchange: out, routing_key: applications.x, body: { a: 1 }, headers: { x-tilts-route: publish } }\n";
+        let cases = parse(text, Path::new("t.yaml"), &plan()).unwrap();
+        let c = &cases[0];
+        assert_eq!(
+            c.publishes["broker"],
+            vec![
+                PublishOutcome::Confirmed,
+                PublishOutcome::Fail(PublishFailure::Connect),
+                PublishOutcome::Fail(PublishFailure::Timeout),
+                PublishOutcome::Fail(PublishFailure::Nack),
+                PublishOutcome::Fail(PublishFailure::Unroutable),
+            ]
+        );
+        assert!(c.systems.is_empty());
+        assert!(c.script.is_empty());
+        let e = &c.requests["broker"][0];
+        assert_eq!(e.exchange.as_deref(), Some("out"));
+        assert_eq!(e.routing_key.as_deref(), Some("applications.x"));
+        // The failures are classified as the adapter classifies real ones.
+        use tilts_adapters::contract::Retry;
+        for (f, retry) in [
+            (PublishFailure::Connect, Retry::Retryable),
+            (PublishFailure::Timeout, Retry::Retryable),
+            (PublishFailure::Nack, Retry::Retryable),
+            (PublishFailure::Unroutable, Retry::Permanent),
+        ] {
+            let err = f.error("broker");
+            assert_eq!(err.system, "broker");
+            assert_eq!(err.retry(), retry, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn broker_and_http_scripts_are_not_mixed_up() {
+        let head = "tests:\n  - name: p\n    route: publish\n    request: { body: {} }\n    expect: { status: 202 }\n";
+        // An HTTP answer for a broker.
+        let e = parse_err(&format!(
+            "{head}    systems:\n      broker:\n        - status: 200\n"
+        ));
+        assert_eq!(e.line, Some(8));
+        assert!(
+            e.message
+                .contains("systems.broker[0]: `broker` is a RabbitMQ broker"),
+            "{e}"
+        );
+        // `fail` with another key.
+        let e = parse_err(&format!(
+            "{head}    systems:\n      broker:\n        - {{ fail: connect, delay: 1s }}\n"
+        ));
+        assert!(e.message.contains("is a RabbitMQ broker"), "{e}");
+        // A publish outcome for an HTTP system.
+        let e = parse_err(&format!(
+            "{head}    systems:\n      enterprise-register: [confirmed]\n"
+        ));
+        assert!(
+            e.message
+                .contains("`enterprise-register` is an HTTP system"),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{head}    systems:\n      enterprise-register: [{{ fail: connect }}]\n"
+        ));
+        assert!(
+            e.message
+                .contains("`enterprise-register` is an HTTP system"),
+            "{e}"
+        );
+        // Unknown outcomes.
+        let e = parse_err(&format!("{head}    systems:\n      broker: [confirmd]\n"));
+        assert_eq!(e.line, Some(7));
+        assert!(
+            e.message.contains("unknown publish outcome `confirmd`"),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{head}    systems:\n      broker:\n        - fail: away\n"
+        ));
+        assert_eq!(e.line, Some(8));
+        assert!(
+            e.message
+                .contains("at systems.broker[0].fail: unknown variant `away`"),
+            "{e}"
+        );
+        // Request checks of the other kind.
+        let e = parse_err(&format!(
+            "{head}    requests:\n      broker:\n        - path: /x\n"
+        ));
+        assert_eq!(e.line, Some(8));
+        assert!(
+            e.message
+                .contains("requests.broker[0].path: `broker` is a RabbitMQ broker"),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{head}    requests:\n      enterprise-register:\n        - routing_key: x\n"
+        ));
+        assert!(
+            e.message
+                .contains("`routing_key` applies to messages published"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_in_an_answer_keeps_its_place() {
+        let e = parse_err(
+            "tests:\n  - name: a\n    route: company-lookup\n    systems:\n      enterprise-register:\n        - status: 200\n          bdy: {}\n    expect: { status: 200 }\n",
+        );
+        assert_eq!(e.line, Some(7));
+        assert!(
+            e.message
+                .starts_with("at systems.enterprise-register[0].bdy: unknown field `bdy`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_message_from_a_queue_is_read_and_checked() {
+        let text = "tests:\n  - name: m\n    route: consume\n    request:\n      amqp: { body: { caseId: C-1 }, message_id: m-1, headers: { x-source: vsaa } }\n    expect: { decision: reject }\n";
+        let cases = parse(text, Path::new("t.yaml"), &plan()).unwrap();
+        let m = cases[0].request.amqp.as_ref().unwrap();
+        assert_eq!(m.body, Some(serde_json::json!({"caseId": "C-1"})));
+        assert_eq!(m.message_id.as_deref(), Some("m-1"));
+        assert_eq!(m.headers["x-source"], "vsaa");
+        assert_eq!(cases[0].expect.decision, Some(DecisionSpec::Reject));
+        assert_eq!(DecisionSpec::Reject.decision(), Decision::Reject);
+        assert_eq!(DecisionSpec::name_of(Decision::Requeue), "requeue");
+
+        let route = "tests:\n  - name: m\n    route: consume\n";
+        // An HTTP request for a queue's route.
+        let e = parse_err(&format!(
+            "{route}    request: {{ body: {{}} }}\n    expect: {{ decision: ack }}\n"
+        ));
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.message.contains(
+                "takes messages from queue `in` of `broker`: write the message as request.amqp"
+            ),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{route}    request: {{ headers: {{ a: b }}, amqp: {{ body: {{}} }} }}\n    expect: {{ decision: ack }}\n"
+        ));
+        assert!(
+            e.message.contains("request.amqp is the whole request"),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{route}    request: {{ amqp: {{ body: {{}}, text: x }} }}\n    expect: {{ decision: ack }}\n"
+        ));
+        assert!(
+            e.message
+                .contains("give one of request.amqp.body, request.amqp.text"),
+            "{e}"
+        );
+        // It gets no answer.
+        let e = parse_err(&format!(
+            "{route}    request: {{ amqp: {{ body: {{}} }} }}\n    expect:\n      decision: ack\n      status: 202\n"
+        ));
+        assert_eq!(e.line, Some(7));
+        assert!(
+            e.message
+                .contains("expect.status: a message from a queue gets no answer"),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{route}    request: {{ amqp: {{ body: {{}} }} }}\n    expect: {{ delivered: true }}\n"
+        ));
+        assert!(e.message.contains("expect.decision is missing"), "{e}");
+        let e = parse_err(&format!(
+            "{route}    request: {{ amqp: {{ body: {{}} }} }}\n    expect: {{ decision: nack }}\n"
+        ));
+        assert!(e.message.contains("unknown variant `nack`"), "{e}");
+        // A queue's message or a decision for an HTTP route.
+        let e = parse_err(
+            "tests:\n  - name: m\n    route: company-lookup\n    request: { amqp: { body: {} } }\n    expect: { status: 200 }\n",
+        );
+        assert!(
+            e.message
+                .contains("request.amqp is for routes fed by a RabbitMQ queue"),
+            "{e}"
+        );
+        let e = parse_err(
+            "tests:\n  - name: m\n    route: company-lookup\n    expect: { status: 200, decision: ack }\n",
+        );
+        assert!(
+            e.message
+                .contains("expect.decision is for routes fed by a RabbitMQ queue"),
+            "{e}"
+        );
+        // An HTTP test still needs its status.
+        let e =
+            parse_err("tests:\n  - name: m\n    route: company-lookup\n    expect: { body: {} }\n");
+        assert!(e.message.contains("expect.status is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_timer_run_is_read_and_checked() {
+        let text = "tests:\n  - name: t\n    route: tick\n    request: { timer: { scheduledAt: \"2026-11-28T03:00:00Z\" } }\n    expect: { status: 202, delivered: true }\n  - name: u\n    route: tick\n    request: { timer: {} }\n    expect: { status: 202 }\n";
+        let cases = parse(text, Path::new("t.yaml"), &plan()).unwrap();
+        assert_eq!(
+            cases[0]
+                .request
+                .timer
+                .as_ref()
+                .unwrap()
+                .scheduled_at
+                .as_deref(),
+            Some("2026-11-28T03:00:00Z")
+        );
+        assert_eq!(cases[1].request.timer.as_ref().unwrap().scheduled_at, None);
+
+        let e = parse_err(
+            "tests:\n  - name: t\n    route: tick\n    request: { timer: { scheduledAt: \"28.11.2026 05:00\" } }\n    expect: { status: 202 }\n",
+        );
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.message
+                .contains("`28.11.2026 05:00` is not an RFC 3339 time"),
+            "{e}"
+        );
+        let e = parse_err("tests:\n  - name: t\n    route: tick\n    expect: { status: 202 }\n");
+        assert!(
+            e.message
+                .contains("route `tick` runs on a timer: write the run as request.timer"),
+            "{e}"
+        );
+        let e = parse_err(
+            "tests:\n  - name: t\n    route: tick\n    request: { timer: {}, body: {} }\n    expect: { status: 202 }\n",
+        );
+        assert!(e.message.contains("runs on a timer"), "{e}");
+        let e = parse_err(
+            "tests:\n  - name: t\n    route: tick\n    request: { timer: { at: x } }\n    expect: { status: 202 }\n",
+        );
+        assert!(e.message.contains("unknown field `at`"), "{e}");
+        let e = parse_err(
+            "tests:\n  - name: t\n    route: company-lookup\n    request: { timer: {} }\n    expect: { status: 202 }\n",
+        );
+        assert!(
+            e.message
+                .contains("request.timer is for routes with `from: timer`"),
+            "{e}"
+        );
     }
 }
