@@ -59,7 +59,8 @@ pub struct ServerSettings {
     /// on a private interface.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
-    /// Deliveries running at once in this process, over all queued routes. Default `32`.
+    /// Deliveries running at once in this process, over all queued routes (each route also
+    /// stays within its own `concurrency`). Default `128`.
     #[serde(default = "default_workers")]
     pub workers: u32,
     /// How long a worker holds a message it is delivering. If the process dies, another worker
@@ -126,7 +127,7 @@ fn default_admin_listen() -> String {
     "127.0.0.1:8081".into()
 }
 fn default_workers() -> u32 {
-    32
+    128
 }
 fn default_lease() -> Dur {
     Dur(Duration::from_secs(120))
