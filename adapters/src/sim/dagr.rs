@@ -36,6 +36,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::address_register;
+use super::http_kit::{self, client_credentials_form, no_store, prefixed_bearer};
 use super::server::ClientCertName;
 use crate::ident::PersonalCode;
 
@@ -92,8 +93,7 @@ struct Platform(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl Platform {
     fn tokens(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
-        // Plain data: a panic elsewhere cannot leave it inconsistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        http_kit::lock(&self.0)
     }
 }
 
@@ -129,20 +129,10 @@ async fn issue_token(
     client: Option<Extension<ClientCertName>>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Send an application/x-www-form-urlencoded body.",
-        );
+    let form = match client_credentials_form(form) {
+        Ok(form) => form,
+        Err((status, code, message)) => return error(status, code, message),
     };
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Only grant_type=client_credentials is supported.",
-        );
-    }
     let Some(client_id) = form.get("client_id").filter(|id| !id.is_empty()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -172,28 +162,19 @@ async fn issue_token(
         tokens.retain(|_, until| *until > now);
         tokens.insert(token.clone(), expires);
     }
-    let mut r = Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_LIFETIME_S,
-    }))
-    .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    no_store(
+        Json(json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_S,
+        }))
+        .into_response(),
+    )
 }
 
 /// `Some(401 answer)` unless the request carries a valid, unexpired token.
 fn reject_unauthenticated(platform: &Platform, headers: &HeaderMap) -> Option<Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let Some(token) = token else {
+    let Some(token) = prefixed_bearer(headers) else {
         return Some(error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",

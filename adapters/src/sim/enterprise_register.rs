@@ -63,7 +63,9 @@ pub struct Company {
 }
 
 impl Company {
-    fn to_json(self) -> Value {
+    /// The company as `GET /companies/{regNo}` answers it (also the X-Road REST simulator's
+    /// answer).
+    pub(crate) fn to_json(self) -> Value {
         let address_text = address_register::find(self.address_code).map(|a| a.text);
         json!({
             "regNo": self.reg_no,
@@ -127,6 +129,12 @@ pub fn router() -> Router {
 }
 
 async fn lookup(Path(reg_no): Path<String>) -> Response {
+    lookup_answer(&reg_no)
+}
+
+/// The answer to `GET /companies/{reg_no}`: the company, 400 problem+json for a malformed
+/// number, 404 for an unregistered one (also served by the X-Road REST simulator).
+pub(crate) fn lookup_answer(reg_no: &str) -> Response {
     let invalid = |detail: &str| {
         problem(
             StatusCode::BAD_REQUEST,
@@ -138,10 +146,10 @@ async fn lookup(Path(reg_no): Path<String>) -> Response {
     if reg_no.len() != 11 || !reg_no.bytes().all(|b| b.is_ascii_digit()) {
         return invalid("A registration number has exactly 11 digits.");
     }
-    if !is_valid_reg_no(&reg_no) {
+    if !is_valid_reg_no(reg_no) {
         return invalid("The registration number fails the checksum.");
     }
-    match find(&reg_no) {
+    match find(reg_no) {
         Some(company) => axum::Json(company.to_json()).into_response(),
         None => problem(
             StatusCode::NOT_FOUND,

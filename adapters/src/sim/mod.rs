@@ -7,6 +7,8 @@
 //!   `GET /_sim/faults` and `POST /_sim/faults` with `{"mode":"fail","status":503,"count":2}`,
 //!   `{"mode":"fail_always","status":500}`, `{"mode":"delay","ms":3000}`,
 //!   `{"mode":"reset","count":1}` or `{"mode":"none"}` (settings combine; `none` clears all).
+//! - `http_kit` (private): the request and answer helpers the HTTP simulators share (bearer
+//!   tokens, JSON bodies and field errors, idempotent replays, OAuth2 token endpoints).
 //! - [`mod@enterprise_register`]: the Enterprise Register (UR), company lookup and search.
 //! - [`mod@address_register`]: the State Address Register (VZD), address lookup and search.
 //! - [`mod@social_services`]: a social service's case intake that receives applications.
@@ -33,6 +35,7 @@ pub mod address_register;
 pub mod amqp_institution;
 pub mod dagr;
 pub mod enterprise_register;
+mod http_kit;
 pub mod piktaps;
 pub mod pki;
 pub mod population_register;

@@ -40,11 +40,11 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::server::problem;
-use super::vpvkac::{
-    FieldError, Fields, Replays, fingerprint, invalid, json_body, json_response, message_id, now,
-    require_bearer,
+use super::http_kit::{
+    self, FieldError, Fields, Replays, fingerprint, invalid, json_body, json_response, message_id,
+    now, require_bearer,
 };
+use super::server::problem;
 
 /// Base path of every endpoint.
 pub const BASE_PATH: &str = "/api/v1";
@@ -138,8 +138,7 @@ impl PiktapsState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Data> {
-        // Plain data: a panic elsewhere cannot leave it half-updated in a way that matters.
-        self.0.data.lock().unwrap_or_else(|e| e.into_inner())
+        http_kit::lock(&self.0.data)
     }
 
     /// The descriptors of `system_code`, sorted by route id.
@@ -486,6 +485,7 @@ async fn remove(
 mod tests {
     use super::*;
     use crate::sim::SimServer;
+    use crate::sim::http_kit::error_fields;
 
     async fn sim() -> (SimServer, PiktapsState) {
         let (router, state) = router_with_state();
@@ -684,12 +684,7 @@ mod tests {
         let r = put(&sim, &path, &bad, None).await;
         assert_eq!(r.status(), 422);
         let body: Value = r.json().await.unwrap();
-        let fields: Vec<&str> = body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
+        let fields = error_fields(&body);
         assert_eq!(
             fields,
             [

@@ -43,16 +43,16 @@ use axum::response::Response;
 use axum::routing::post;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::address_register;
+use super::http_kit::{
+    self, FieldError, Fields, Replays, authenticated_grant, bearer, fingerprint, invalid,
+    json_body, json_response, message_id, no_store, now, unauthorized,
+};
 use super::population_register::{self, ACTIVE, DECEASED, NEW_FORM};
 use super::server::problem;
-use super::vpvkac::{
-    FieldError, Fields, Replays, bearer, fingerprint, invalid, json_body, json_response,
-    message_id, now, unauthorized,
-};
 use crate::ident::PersonalCode;
 use crate::redact::redact;
 
@@ -309,8 +309,7 @@ impl RigaState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Data> {
-        // Plain data: a panic elsewhere cannot leave it half-updated in a way that matters.
-        self.0.data.lock().unwrap_or_else(|e| e.into_inner())
+        http_kit::lock(&self.0.data)
     }
 
     /// The interactions recorded for `client_id`, oldest first.
@@ -575,45 +574,14 @@ async fn list_interactions(
     )
 }
 
-/// An RFC 6749 §5.2 error answer.
+/// An RFC 6749 §5.2 error answer of this simulator.
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut r = json_response(
-        status,
-        json!({"error": error, "error_description": description}),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"riga-clients\""),
-        );
-    }
-    r
+    http_kit::oauth_error(status, error, description, "riga-clients")
 }
 
-/// The client credentials of a token request: HTTP Basic first, else the form fields.
-fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> (String, String) {
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|pair| {
-            let (id, secret) = pair.split_once(':')?;
-            Some((id.to_owned(), secret.to_owned()))
-        });
-    basic.unwrap_or_else(|| {
-        (
-            form.get("client_id").cloned().unwrap_or_default(),
-            form.get("client_secret").cloned().unwrap_or_default(),
-        )
-    })
+/// Strict standard base64, as HTTP Basic credentials are read here.
+fn decode_base64(b64: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 async fn issue_token(
@@ -621,28 +589,11 @@ async fn issue_token(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Send an application/x-www-form-urlencoded body.",
-        );
+    let client = (state.0.client_id.as_str(), state.0.client_secret.as_str());
+    let form = match authenticated_grant(&headers, form, client, decode_base64, "riga-clients") {
+        Ok(form) => form,
+        Err(r) => return *r,
     };
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Only grant_type=client_credentials is supported.",
-        );
-    }
-    let (id, secret) = client_credentials(&headers, &form);
-    if id != state.0.client_id || secret != state.0.client_secret {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed.",
-        );
-    }
     let scope = match form
         .get("scope")
         .map(|s| s.split_whitespace().collect::<Vec<_>>())
@@ -674,7 +625,7 @@ async fn issue_token(
     data.tokens
         .insert(token.clone(), issued_at + TOKEN_LIFETIME);
     drop(data);
-    let mut r = json_response(
+    no_store(json_response(
         StatusCode::OK,
         json!({
             "access_token": token,
@@ -682,16 +633,14 @@ async fn issue_token(
             "expires_in": TOKEN_LIFETIME.as_secs(),
             "scope": scope,
         }),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sim::SimServer;
+    use crate::sim::http_kit::error_fields;
     use crate::sim::population_register::NOT_FOUND;
 
     async fn sim() -> (SimServer, RigaState) {
@@ -1004,12 +953,7 @@ mod tests {
         let text = r.text().await.unwrap();
         assert!(!text.contains("12349"), "{text}");
         let body: Value = serde_json::from_str(&text).unwrap();
-        let fields: Vec<&str> = body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
+        let fields = error_fields(&body);
         assert_eq!(
             fields,
             [

@@ -36,15 +36,21 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{Datelike, SecondsFormat, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::server::{problem, problem_with};
+use super::http_kit::{
+    self, authenticated_grant, invalid, is_json_media_type, json_response, mark_replayed, no_store,
+    parse_json, prefixed_bearer, unauthorized_with,
+};
+use super::server::problem;
 use crate::ident::PersonalCode;
 
 /// The OAuth2 client id the token endpoint accepts.
 pub const CLIENT_ID: &str = "tilts";
 /// The OAuth2 client secret the token endpoint accepts.
 pub const CLIENT_SECRET: &str = "tilts-sim-secret";
+/// The realm of this simulator's `WWW-Authenticate` challenges.
+const REALM: &str = "social-services";
 /// Lifetime announced for issued tokens, in seconds.
 const TOKEN_LIFETIME_S: u64 = 3600;
 /// The first case gets this sequence number, as if the register had been in use for a while.
@@ -110,7 +116,7 @@ struct Shared(Arc<Mutex<Intake>>);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Intake> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        http_kit::lock(&self.0)
     }
 }
 
@@ -139,45 +145,14 @@ fn timestamp(t: chrono::DateTime<Utc>) -> String {
 
 /// `Some(401 answer)` when an `Authorization` header is present but not a token we issued.
 fn reject_bad_token(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let value = headers.get(header::AUTHORIZATION)?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    if token.is_some_and(|t| shared.lock().tokens.contains(t)) {
+    headers.get(header::AUTHORIZATION)?;
+    if prefixed_bearer(headers).is_some_and(|t| shared.lock().tokens.contains(t)) {
         return None;
     }
-    let mut r = problem(
-        StatusCode::UNAUTHORIZED,
-        "invalid-token",
-        "Unauthorized",
+    Some(unauthorized_with(
+        REALM,
         "The bearer token is missing, malformed, expired or was not issued by this service.",
-    );
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"social-services\", error=\"invalid_token\""),
-    );
-    Some(r)
-}
-
-fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let media = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    ))
 }
 
 /// The fields the intake needs from an application.
@@ -243,7 +218,7 @@ async fn create_case(State(shared): State<Shared>, headers: HeaderMap, body: Byt
     if let Some(denied) = reject_bad_token(&shared, &headers) {
         return denied;
     }
-    if !is_json_content_type(&headers) {
+    if !is_json_media_type(&headers) {
         let mut r = problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
@@ -254,44 +229,18 @@ async fn create_case(State(shared): State<Shared>, headers: HeaderMap, body: Byt
             .insert("accept-post", HeaderValue::from_static("application/json"));
         return r;
     }
-    let body: Value = match serde_json::from_slice(&body) {
+    let body = match parse_json(&body) {
         Ok(v) => v,
-        // Only the position: serde's message could quote part of the body.
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "Malformed JSON",
-                format!(
-                    "The body is not valid JSON (line {}, column {}).",
-                    e.line(),
-                    e.column()
-                ),
-            );
-        }
+        Err(r) => return *r,
     };
     let application = match validate(&body) {
         Ok(a) => a,
         Err(errors) => {
-            let fields: Vec<&str> = errors.iter().map(|(f, _)| *f).collect();
-            let mut extra = Map::new();
-            extra.insert(
-                "errors".into(),
-                errors
-                    .iter()
-                    .map(|(field, message)| json!({"field": field, "message": message}))
-                    .collect(),
-            );
-            return problem_with(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-application",
-                "Unprocessable Content",
-                format!(
-                    "The application is incomplete or invalid: {}.",
-                    fields.join(", ")
-                ),
-                extra,
-            );
+            let errors = errors
+                .into_iter()
+                .map(|(field, message)| (field.to_owned(), message))
+                .collect();
+            return invalid("invalid-application", "application", errors);
         }
     };
     let key = ["x-tilts-message-id", "idempotency-key"]
@@ -320,9 +269,8 @@ async fn create_case(State(shared): State<Shared>, headers: HeaderMap, body: Byt
                 ),
             );
         }
-        let mut r = (StatusCode::OK, Json(existing.receipt())).into_response();
-        r.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        let mut r = json_response(StatusCode::OK, existing.receipt());
+        mark_replayed(&mut r);
         return r;
     }
     let received = now();
@@ -421,82 +369,29 @@ async fn set_status(
     }
 }
 
-/// An RFC 6749 §5.2 error answer.
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut r = (
-        status,
-        Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"social-services\""),
-        );
-    }
-    r
-}
-
 async fn issue_token(
     State(shared): State<Shared>,
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Send an application/x-www-form-urlencoded body.",
-        );
-    };
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Only grant_type=client_credentials is supported.",
-        );
-    }
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| decode_base64(b64.trim()))
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|pair| {
-            let (id, secret) = pair.split_once(':')?;
-            Some((id.to_owned(), secret.to_owned()))
-        });
-    let (id, secret) = match basic {
-        Some(pair) => pair,
-        None => (
-            form.get("client_id").cloned().unwrap_or_default(),
-            form.get("client_secret").cloned().unwrap_or_default(),
-        ),
-    };
-    if id != CLIENT_ID || secret != CLIENT_SECRET {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed.",
-        );
+    let client = (CLIENT_ID, CLIENT_SECRET);
+    if let Err(r) = authenticated_grant(&headers, form, client, decode_base64, REALM) {
+        return *r;
     }
     let mut intake = shared.lock();
     let nanos = now().timestamp_subsec_nanos();
     let token = format!("sim-at-{}-{nanos:09}", intake.tokens.len() + 1);
     intake.tokens.insert(token.clone());
     drop(intake);
-    let mut r = Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_LIFETIME_S,
-        "scope": "cases",
-    }))
-    .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    no_store(
+        Json(json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_S,
+            "scope": "cases",
+        }))
+        .into_response(),
+    )
 }
 
 /// Standard base64 (with or without padding); `None` when malformed.
@@ -528,6 +423,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::http_kit::error_fields;
     use crate::sim::{SimServer, social_services};
 
     const VALID_CODE: &str = "010190-12349";
@@ -693,12 +589,7 @@ mod tests {
         let r = post(&sim, &json!({"channel": "vpvkac"}), None).await;
         assert_eq!(r.status(), 422);
         let body: Value = r.json().await.unwrap();
-        let fields: Vec<&str> = body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
+        let fields = error_fields(&body);
         assert_eq!(
             fields,
             ["applicationId", "serviceCode", "applicant.personalCode"]

@@ -27,9 +27,6 @@
 //!
 //! The other direction, VPVKAC IS -> tilts (a submitted application, the case document), is a
 //! tilts route, not part of this simulator; the contract documents it as a webhook.
-//!
-//! This module also holds the small request helpers the PIKTAPS and Riga simulators share
-//! (bearer check, JSON body, field errors, replay of idempotent answers).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,16 +34,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
-use super::server::{problem, problem_with};
-use crate::ident::{is_valid_reg_no, reg_no_check_error};
+use super::http_kit::{
+    self, FieldError, Fields, Replays, fingerprint, invalid, json_body, json_response, message_id,
+    now, require_bearer,
+};
+use super::server::problem;
+use crate::ident::reg_no_check_error;
 use crate::redact::redact;
 
 /// Base path of every endpoint.
@@ -84,11 +83,6 @@ pub const STATE_LAND_SERVICE: &str = "90009636012";
 
 /// Longest accepted `comment`.
 const MAX_COMMENT: usize = 2000;
-/// Longest accepted `X-Tilts-Message-Id`.
-const MAX_MESSAGE_ID: usize = 200;
-/// How many idempotent answers are remembered; older ones are forgotten so a long demo does
-/// not grow without bound.
-const MAX_REPLAYS: usize = 100_000;
 
 /// An institution whose services the centres provide.
 #[derive(Clone, Copy, Debug)]
@@ -347,8 +341,7 @@ impl VpvkacState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Data> {
-        // Plain data: a panic elsewhere cannot leave it half-updated in a way that matters.
-        self.0.data.lock().unwrap_or_else(|e| e.into_inner())
+        http_kit::lock(&self.0.data)
     }
 
     /// The status changes received for `case_id`, oldest first (empty when none).
@@ -610,387 +603,12 @@ async fn show_history(
     )
 }
 
-// ---------------------------------------------------------------------------------------------
-// Helpers shared with the PIKTAPS and Riga simulators.
-
-/// The current time, RFC 3339 in UTC with seconds.
-pub(super) fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// A JSON answer.
-pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-/// `Some(401 answer)` unless the request carries `Authorization: Bearer <expected>`.
-pub(super) fn require_bearer(headers: &HeaderMap, expected: &str, realm: &str) -> Option<Response> {
-    let token = bearer(headers);
-    if token.is_some_and(|t| t == expected) {
-        return None;
-    }
-    Some(unauthorized(realm))
-}
-
-/// The bearer token of the request, if it has one.
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// The 401 answer for a missing or wrong bearer token; it never echoes the token.
-pub(super) fn unauthorized(realm: &str) -> Response {
-    let mut r = problem(
-        StatusCode::UNAUTHORIZED,
-        "invalid-token",
-        "Unauthorized",
-        "Send a valid token as Authorization: Bearer <token>; it is missing, malformed, expired or unknown.",
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "Bearer realm=\"{realm}\", error=\"invalid_token\""
-    )) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    r
-}
-
-/// The body as JSON: 415 without a JSON content type, 400 when it does not parse. The 400
-/// names only the position: serde's message could quote part of the body.
-pub(super) fn json_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, Box<Response>> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if media != "application/json"
-        && !(media.starts_with("application/") && media.ends_with("+json"))
-    {
-        return Err(Box::new(problem(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported Media Type",
-            "Send the body as application/json.",
-        )));
-    }
-    serde_json::from_slice(raw).map_err(|e| {
-        Box::new(problem(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            format!(
-                "The body is not valid JSON (line {}, column {}).",
-                e.line(),
-                e.column()
-            ),
-        ))
-    })
-}
-
-/// The `X-Tilts-Message-Id` of the request: `Ok(None)` without one, 400 when it is empty, too
-/// long or not visible ASCII.
-pub(super) fn message_id(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
-    let Some(value) = headers.get("x-tilts-message-id") else {
-        return Ok(None);
-    };
-    match value.to_str().map(str::trim) {
-        Ok(id) if !id.is_empty() && id.len() <= MAX_MESSAGE_ID => Ok(Some(id.to_owned())),
-        _ => Err(Box::new(problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-message-id",
-            "Invalid message id",
-            format!("X-Tilts-Message-Id must be 1 to {MAX_MESSAGE_ID} visible ASCII characters."),
-        ))),
-    }
-}
-
-/// What identifies a request for idempotency: method, resource and the exact body.
-pub(super) fn fingerprint(method: &str, resource: &str, body: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(method.as_bytes());
-    h.update([0]);
-    h.update(resource.as_bytes());
-    h.update([0]);
-    h.update(body);
-    h.finalize().into()
-}
-
-/// Answers remembered per `X-Tilts-Message-Id`, so a repeat gets the first answer again.
-#[derive(Default)]
-pub(super) struct Replays {
-    by_id: HashMap<String, (usize, [u8; 32], StatusCode, Value)>,
-    next: usize,
-}
-
-impl Replays {
-    /// The first answer for `id` (with `Idempotent-Replayed: true`), 409 when `id` came with
-    /// another request, `None` when `id` is new.
-    pub(super) fn replay(&self, id: &str, fingerprint: &[u8; 32]) -> Option<Response> {
-        let (_, seen, status, body) = self.by_id.get(id)?;
-        if seen != fingerprint {
-            return Some(problem(
-                StatusCode::CONFLICT,
-                "message-id-reused",
-                "Conflict",
-                "This X-Tilts-Message-Id was already used for a different request; use a new id.",
-            ));
-        }
-        let mut r = if *status == StatusCode::NO_CONTENT {
-            status.into_response()
-        } else {
-            json_response(*status, body.clone())
-        };
-        r.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        Some(r)
-    }
-
-    /// Remembers the answer given to `id`.
-    pub(super) fn remember(
-        &mut self,
-        id: String,
-        fingerprint: [u8; 32],
-        status: StatusCode,
-        body: Value,
-    ) {
-        if self.by_id.len() >= MAX_REPLAYS {
-            // Forget the oldest answer; a linear scan, rare and bounded.
-            if let Some(oldest) = self
-                .by_id
-                .iter()
-                .min_by_key(|(_, v)| v.0)
-                .map(|(k, _)| k.clone())
-            {
-                self.by_id.remove(&oldest);
-            }
-        }
-        self.next += 1;
-        self.by_id
-            .insert(id, (self.next, fingerprint, status, body));
-    }
-}
-
-/// One problem with one field of a request body. Messages name the rule, never the value.
-pub(super) type FieldError = (String, String);
-
-/// The 422 answer listing every field error.
-pub(super) fn invalid(slug: &str, what: &str, errors: Vec<FieldError>) -> Response {
-    let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
-    let detail = format!(
-        "The {what} is incomplete or invalid: {}.",
-        fields.join(", ")
-    );
-    let mut extra = Map::new();
-    extra.insert(
-        "errors".into(),
-        errors
-            .iter()
-            .map(|(field, message)| json!({"field": field, "message": message}))
-            .collect(),
-    );
-    problem_with(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        slug,
-        "Unprocessable Content",
-        detail,
-        extra,
-    )
-}
-
-/// Reads the fields of one JSON object and collects every problem, with dotted field paths.
-pub(super) struct Fields<'a> {
-    object: &'a Map<String, Value>,
-    prefix: String,
-    /// Every problem found so far.
-    pub(super) errors: Vec<FieldError>,
-}
-
-impl<'a> Fields<'a> {
-    /// The top-level object; `Err` when `body` is not an object. Fields outside `known` are
-    /// errors.
-    pub(super) fn new(body: &'a Value, known: &[&str]) -> Result<Fields<'a>, Vec<FieldError>> {
-        let Some(object) = body.as_object() else {
-            return Err(vec![("$".into(), "the body must be a JSON object".into())]);
-        };
-        let mut f = Fields {
-            object,
-            prefix: String::new(),
-            errors: Vec::new(),
-        };
-        f.reject_unknown(known);
-        Ok(f)
-    }
-
-    /// The fields of a nested object `name`.
-    pub(super) fn nested(
-        &self,
-        name: &str,
-        object: &'a Map<String, Value>,
-        known: &[&str],
-    ) -> Fields<'a> {
-        let mut f = Fields {
-            object,
-            prefix: self.path(name),
-            errors: Vec::new(),
-        };
-        f.reject_unknown(known);
-        f
-    }
-
-    /// Takes over the problems of a nested reader.
-    pub(super) fn absorb(&mut self, nested: Fields<'_>) {
-        self.errors.extend(nested.errors);
-    }
-
-    fn reject_unknown(&mut self, known: &[&str]) {
-        let unknown: Vec<String> = self
-            .object
-            .keys()
-            .filter(|k| !known.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for k in unknown {
-            self.error(&k, "is not a field of this contract");
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
-    }
-
-    /// Records a problem with field `name`.
-    pub(super) fn error(&mut self, name: &str, message: &str) {
-        let path = self.path(name);
-        self.errors.push((path, message.to_owned()));
-    }
-
-    /// The raw value, `None` when absent or null (an error when `required`).
-    pub(super) fn value(&mut self, name: &str, required: bool) -> Option<&'a Value> {
-        match self.object.get(name) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.error(name, "is required");
-                }
-                None
-            }
-            Some(v) => Some(v),
-        }
-    }
-
-    /// A non-blank string of at most `max` characters.
-    pub(super) fn text(&mut self, name: &str, required: bool, max: usize) -> Option<String> {
-        match self.value(name, required)? {
-            Value::String(s) if !s.trim().is_empty() && s.chars().count() <= max => Some(s.clone()),
-            Value::String(s) if !s.trim().is_empty() => {
-                self.error(name, &format!("must be at most {max} characters"));
-                None
-            }
-            _ => {
-                self.error(name, "must be a non-empty string");
-                None
-            }
-        }
-    }
-
-    /// A required string, one of `allowed`.
-    pub(super) fn one_of(&mut self, name: &str, allowed: &[&str]) -> Option<String> {
-        let v = self.value(name, true)?;
-        match v.as_str() {
-            Some(s) if allowed.contains(&s) => Some(s.to_owned()),
-            _ => {
-                self.error(name, &format!("must be one of: {}", allowed.join(", ")));
-                None
-            }
-        }
-    }
-
-    /// A required RFC 3339 date-time with an offset.
-    pub(super) fn timestamp(&mut self, name: &str) -> Option<String> {
-        let v = self.value(name, true)?;
-        match v.as_str() {
-            Some(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => Some(s.to_owned()),
-            _ => {
-                self.error(
-                    name,
-                    "must be an RFC 3339 date-time, e.g. 2026-03-02T09:15:00+02:00",
-                );
-                None
-            }
-        }
-    }
-
-    /// A required Enterprise Register number with a valid checksum.
-    pub(super) fn reg_no(&mut self, name: &str) -> Option<String> {
-        let v = self.value(name, true)?;
-        match v.as_str() {
-            Some(s) if is_valid_reg_no(s) => Some(s.to_owned()),
-            Some(s) => {
-                let reason = reg_no_check_error(s).unwrap_or("is not valid");
-                self.error(name, reason);
-                None
-            }
-            None => {
-                self.error(name, "must be a string of 11 digits");
-                None
-            }
-        }
-    }
-
-    /// An object field.
-    pub(super) fn object(&mut self, name: &str, required: bool) -> Option<&'a Map<String, Value>> {
-        match self.value(name, required)? {
-            Value::Object(o) => Some(o),
-            _ => {
-                self.error(name, "must be an object");
-                None
-            }
-        }
-    }
-
-    /// An array field.
-    pub(super) fn array(&mut self, name: &str, required: bool) -> Option<&'a Vec<Value>> {
-        match self.value(name, required)? {
-            Value::Array(a) => Some(a),
-            _ => {
-                self.error(name, "must be an array");
-                None
-            }
-        }
-    }
-
-    /// An absolute `https://` URL without spaces.
-    pub(super) fn https_url(&mut self, name: &str, required: bool) -> Option<String> {
-        let v = self.value(name, required)?;
-        match v.as_str() {
-            Some(s)
-                if s.len() > "https://".len()
-                    && s.len() <= 2000
-                    && s.starts_with("https://")
-                    && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-            {
-                Some(s.to_owned())
-            }
-            _ => {
-                self.error(name, "must be an absolute https:// URL");
-                None
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ident::complete_reg_no;
+    use crate::ident::{complete_reg_no, is_valid_reg_no};
     use crate::sim::SimServer;
+    use crate::sim::http_kit::error_fields;
 
     async fn sim() -> (SimServer, VpvkacState) {
         let (router, state) = router_with_state();
@@ -1204,12 +822,7 @@ mod tests {
         let text = r.text().await.unwrap();
         assert!(!text.contains("12349"), "{text}");
         let body: Value = serde_json::from_str(&text).unwrap();
-        let fields: Vec<&str> = body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
+        let fields = error_fields(&body);
         assert_eq!(
             fields,
             [

@@ -27,12 +27,10 @@ use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::address_register;
-use super::enterprise_register::{self, Company};
+use super::enterprise_register;
 use super::server::problem;
-use crate::ident::is_valid_reg_no;
 
 /// The one service this security server serves: `INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICE`.
 pub const SERVICE: &str = "LV/GOV/90000010008/UR/company";
@@ -111,7 +109,7 @@ fn serve(rest: &str) -> Response {
         );
     }
     let mut response = match &segments[5..] {
-        [reg_no] if !reg_no.is_empty() => company(reg_no),
+        [reg_no] if !reg_no.is_empty() => enterprise_register::lookup_answer(reg_no),
         _ => problem(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -123,47 +121,6 @@ fn serve(rest: &str) -> Response {
         .headers_mut()
         .insert("x-road-service", HeaderValue::from_static(SERVICE));
     response
-}
-
-/// What the Enterprise Register simulator answers for `GET /companies/{reg_no}`.
-fn company(reg_no: &str) -> Response {
-    let invalid = |detail: &str| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "invalid-registration-number",
-            "Invalid registration number",
-            detail,
-        )
-    };
-    if reg_no.len() != 11 || !reg_no.bytes().all(|b| b.is_ascii_digit()) {
-        return invalid("A registration number has exactly 11 digits.");
-    }
-    if !is_valid_reg_no(reg_no) {
-        return invalid("The registration number fails the checksum.");
-    }
-    match enterprise_register::find(reg_no) {
-        Some(company) => axum::Json(company_json(company)).into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "company-not-found",
-            "Company not found",
-            format!("No legal entity is registered under number {reg_no}."),
-        ),
-    }
-}
-
-/// The Enterprise Register simulator's JSON shape of a company.
-fn company_json(company: &Company) -> Value {
-    let address_text = address_register::find(company.address_code).map(|a| a.text);
-    json!({
-        "regNo": company.reg_no,
-        "name": company.name,
-        "legalForm": company.legal_form,
-        "status": company.status,
-        "registered": company.registered,
-        "terminated": company.terminated,
-        "address": {"code": company.address_code, "text": address_text},
-    })
 }
 
 /// An X-Road REST error answer.
@@ -199,6 +156,7 @@ mod tests {
     use super::*;
     use crate::sim::SimServer;
     use crate::sim::enterprise_register::{ACTIVE_SIA, BAD_CHECKSUM, LIQUIDATED, UNREGISTERED};
+    use serde_json::Value;
 
     async fn sim() -> SimServer {
         SimServer::start("xroad-rest", "127.0.0.1:0".parse().unwrap(), router())
