@@ -96,27 +96,23 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The form later steps read under the call's `as` name.
-    pub fn to_value(&self) -> Value {
-        let headers: serde_json::Map<String, Value> = self
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.as_str().to_string(),
-                    Value::String(v.to_str().ok()?.to_string()),
-                ))
-            })
-            .collect();
-        let mut v = serde_json::json!({
-            "status": self.status,
-            "headers": headers,
-            "body": self.data,
-        });
-        if let Some(f) = &self.fault {
-            v["fault"] = f.clone();
+    /// The form later steps read under the call's `as` name (the answer is moved into it,
+    /// not copied: a registry's answer can be large).
+    pub fn into_value(self) -> Value {
+        let mut headers = serde_json::Map::with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            if let Ok(v) = v.to_str() {
+                headers.insert(k.as_str().to_string(), Value::String(v.to_string()));
+            }
         }
-        v
+        let mut v = serde_json::Map::with_capacity(4);
+        v.insert("status".into(), Value::from(self.status));
+        v.insert("headers".into(), Value::Object(headers));
+        v.insert("body".into(), self.data);
+        if let Some(f) = self.fault {
+            v.insert("fault".into(), f);
+        }
+        Value::Object(v)
     }
 }
 
@@ -336,7 +332,7 @@ async fn soap_call(
     let addressing = soap
         .addressing
         .then(|| Addressing::new(call.action.clone().unwrap_or_default(), Some(url)));
-    let payload = soap_payload(req.body.as_ref()).to_string();
+    let payload = soap_payload(req.body.as_ref());
     let (parsed, status, headers) = post_envelope(
         call,
         soap.version,
@@ -344,10 +340,10 @@ async fn soap_call(
         &req,
         header_blocks,
         addressing,
-        &payload,
+        payload,
     )
     .await?;
-    finish(call, parsed, status, headers, |body| Ok(body.to_string()))
+    finish(call, parsed, status, headers, Ok)
 }
 
 /// The VISS request service: StartTransaction, then SubmitSync with the transaction id.
@@ -431,7 +427,7 @@ async fn viss(
     )
     .await?;
     finish(call, parsed, status, headers, |body| {
-        profile::unwrap_submit_sync_response(body).map_err(|e| e.to_string())
+        profile::unwrap_submit_sync_response(&body).map_err(|e| e.to_string())
     })
 }
 
@@ -491,7 +487,7 @@ fn finish(
     parsed: ParsedEnvelope,
     status: u16,
     headers: HeaderMap,
-    unwrap: impl FnOnce(&str) -> Result<String, String>,
+    unwrap: impl FnOnce(String) -> Result<String, String>,
 ) -> Result<Answer, DeliveryError> {
     if let Some(f) = &parsed.fault {
         if !call.accept_faults {
@@ -513,7 +509,7 @@ fn finish(
             "a SOAP answer with a status the call does not accept",
         ));
     }
-    let payload = unwrap(&parsed.body).map_err(|e| {
+    let payload = unwrap(parsed.body).map_err(|e| {
         err(
             call,
             FailureKind::Protocol,

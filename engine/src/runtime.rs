@@ -224,7 +224,7 @@ impl<'a> Exchange<'a> {
                     Step::Call { label, call } => {
                         let answer = self.call(call, label, ctx).await?;
                         let name = call.as_name.as_deref().unwrap_or("response");
-                        set(ctx, name, answer.to_value());
+                        set(ctx, name, answer.into_value());
                     }
                     Step::Choice { label, branches } => {
                         let mut chosen = None;
