@@ -90,6 +90,39 @@ fn is_plausible_date(digits: &[u8]) -> bool {
     (1..=31).contains(&two(0)) && (1..=12).contains(&two(2))
 }
 
+/// Renders a URL that may hold a password (a broker's, a database's) for messages and logs:
+/// the password, if any, becomes `***`.
+///
+/// `amqp://tilts:secret@mq.example.lv:5672/%2f` -> `amqp://tilts:***@mq.example.lv:5672/%2f`.
+/// A string that does not look like a URL but contains `@` is replaced entirely.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return if url.contains('@') {
+            "***".to_string()
+        } else {
+            url.to_string()
+        };
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    // The userinfo ends at the last '@' before any query or fragment, so a password with an
+    // unescaped '/' or '@' in it is still covered.
+    let search_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..search_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..rest_start],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -576,20 +576,13 @@ impl Checker {
         let url_ptr = format!("{ptr}/http/url");
         let mut ok = true;
         if !self.is_bad(&url_ptr) {
-            match http.url.parse::<http::Uri>() {
-                Ok(u)
-                    if matches!(u.scheme_str(), Some("http") | Some("https"))
-                        && u.host().is_some() => {}
-                _ => {
-                    ok = false;
-                    self.push(
-                        &url_ptr,
-                        "`url` is not an http:// or https:// URL",
-                        Some(
-                            "write e.g. https://registry.example.lv/api or ${REGISTRY_URL}".into(),
-                        ),
-                    );
-                }
+            if !is_http_url(&http.url) {
+                ok = false;
+                self.push(
+                    &url_ptr,
+                    "`url` is not an http:// or https:// URL",
+                    Some("write e.g. https://registry.example.lv/api or ${REGISTRY_URL}".into()),
+                );
             }
         } else {
             ok = false;
@@ -847,21 +840,15 @@ impl Checker {
     }
 
     fn check_url(&mut self, ptr: &str, url: &str) -> bool {
-        match url.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() =>
-            {
-                true
-            }
-            _ => {
-                self.push(
-                    ptr,
-                    "not an http:// or https:// URL",
-                    Some("write e.g. https://auth.example.lv/token or ${TOKEN_URL}".into()),
-                );
-                false
-            }
+        let ok = is_http_url(url);
+        if !ok {
+            self.push(
+                ptr,
+                "not an http:// or https:// URL",
+                Some("write e.g. https://auth.example.lv/token or ${TOKEN_URL}".into()),
+            );
         }
+        ok
     }
 
     /// A system's SOAP framing and exchange profile.
@@ -1136,20 +1123,12 @@ impl Checker {
             types::Source::Amqp(src) => {
                 let sp = format!("{ptr}/from/amqp");
                 let ingress = match systems.get(&src.system) {
-                    Some(sys) if sys.amqp().is_some() => {
-                        let declared = sys.amqp().is_some_and(|h| {
-                            h.spec.topology.queues.iter().any(|q| q.name == src.queue)
-                        });
-                        if !declared {
-                            // A queue declared elsewhere is fine; say so only as a hint.
-                            tracing::debug!(route = %cfg.id, "queue not declared by tilts");
-                        }
-                        Some(plan::Ingress::Amqp {
-                            system: sys.clone(),
-                            queue: src.queue.clone(),
-                            prefetch: src.prefetch.unwrap_or(16).max(1),
-                        })
-                    }
+                    // The queue may be declared by tilts or by whoever runs the broker.
+                    Some(sys) if sys.amqp().is_some() => Some(plan::Ingress::Amqp {
+                        system: sys.clone(),
+                        queue: src.queue.clone(),
+                        prefetch: src.prefetch.unwrap_or(16).max(1),
+                    }),
                     Some(_) => {
                         ok = false;
                         self.push(
@@ -2343,6 +2322,12 @@ impl Checker {
         self.schemas.insert(file.to_string(), result.clone());
         result
     }
+}
+
+/// Whether `url` is an absolute http:// or https:// URL with a host.
+fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some())
 }
 
 /// Whether `s` is an XML NCName-ish element name (letters, digits, `_`, `-`, `.`; not starting

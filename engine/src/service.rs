@@ -212,19 +212,8 @@ fn prepare_sqlite_dir(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A database URL without its password, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+/// Store URLs are shown with the password masked (the one URL redactor of the project).
+pub use tilts_adapters::redact::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tilts_adapters::soap::{self, FaultCode, SoapVersion};
 use tilts_adapters::xml;
 
+use crate::mapping::escape_xml;
 use crate::plan::{Ingress, Route, SoapIngress};
 use crate::server::AppState;
 
@@ -303,7 +304,7 @@ fn wsdl(route: &Route, req: &Request) -> Response {
         .unwrap_or("localhost");
     let address = format!("http://{host}{}", route.path);
     let text = match &ing.wsdl {
-        Some(t) => t.replace("{{address}}", &quick_escape(&address)),
+        Some(t) => t.replace("{{address}}", &escape_xml(&address)),
         None => generated_wsdl(route, ing, &address),
     };
     let mut resp = text.into_response();
@@ -314,19 +315,12 @@ fn wsdl(route: &Route, req: &Request) -> Response {
     resp
 }
 
-fn quick_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// A document/literal WSDL 1.1 for one operation whose elements accept any content.
 pub fn generated_wsdl(route: &Route, ing: &SoapIngress, address: &str) -> String {
-    let ns = quick_escape(&ing.namespace);
-    let op = quick_escape(&ing.operation);
-    let id = quick_escape(&route.id);
-    let address = quick_escape(address);
+    let ns = escape_xml(&ing.namespace);
+    let op = escape_xml(&ing.operation);
+    let id = escape_xml(&route.id);
+    let address = escape_xml(address);
     let (soap_ns, soap_prefix) = match ing.version {
         SoapVersion::V11 => ("http://schemas.xmlsoap.org/wsdl/soap/", "soap"),
         SoapVersion::V12 => ("http://schemas.xmlsoap.org/wsdl/soap12/", "soap12"),

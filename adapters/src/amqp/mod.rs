@@ -51,6 +51,7 @@ use tokio::sync::watch;
 use crate::contract::{DeliveryError, FailureKind};
 use crate::redact::redact;
 
+pub use crate::redact::redact_url;
 pub use topology::{Binding, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec, Topology};
 
 /// Shortest wait before a reconnect (or consumer restart) attempt.
@@ -178,38 +179,6 @@ pub enum Decision {
     /// Will never work: dead-letter it (nack without requeue; dropped when the queue has no
     /// dead-letter exchange).
     Reject,
-}
-
-/// Renders an AMQP URL for messages: the password, if any, becomes `***`.
-///
-/// `amqp://tilts:secret@mq.example.lv:5672/%2f` -> `amqp://tilts:***@mq.example.lv:5672/%2f`.
-/// A string that does not look like a URL but contains `@` is replaced entirely.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return if url.contains('@') {
-            "***".to_string()
-        } else {
-            url.to_string()
-        };
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    // The userinfo ends at the last '@' before any query or fragment, so a password with an
-    // unescaped '/' or '@' in it is still covered.
-    let search_end = rest.find(['?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..search_end].rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..rest_start],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
 }
 
 /// A connection to one RabbitMQ system: publishes and consumes, reconnects by itself. Cheap to
