@@ -39,8 +39,9 @@ use tilts_engine::store::{MessageId, Store};
 /// The queued route's path in the shipped routes.yaml.
 const FORWARD: &str = "/v1/applications/forward";
 
-/// Deliveries in flight per process (`server.workers`, default 32): at most this many deliveries
-/// can have reached the receiver without their commit when a process dies.
+/// Deliveries in flight per process (`server.workers`, which these tests set; the shipped
+/// default is 128): at most this many deliveries can have reached the receiver without their
+/// commit when a process dies, so it bounds the duplicates a kill can cause.
 const WORKERS: usize = 32;
 
 /// The worker lease these tests configure (`server.lease`; the shipped default is 2m): how long a
@@ -62,7 +63,7 @@ fn routes() -> &'static std::path::Path {
         .get_or_init(|| {
             common::shipped_with(&[(
                 "  route_timeout: 30s\n",
-                "  route_timeout: 30s\n  lease: 8s\n",
+                &format!("  route_timeout: 30s\n  lease: 8s\n  workers: {WORKERS}\n"),
             )])
         })
         .path
