@@ -75,12 +75,13 @@ enum Flow {
 
 /// Runs `route` for one request.
 pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, RouteError> {
-    let mut ctx = new_context(route, input.clone());
-    let input = &input;
+    // The context takes the input; only the message id is needed beside it.
+    let message_id = input.message_id.clone();
+    let mut ctx = new_context(route, input);
     let mut ex = Exchange {
         plan,
         route,
-        message_id: &input.message_id,
+        message_id: &message_id,
     };
     if let Flow::Replied(reply) = ex.steps(&route.steps, &mut ctx).await? {
         return Ok(reply);
@@ -92,28 +93,19 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                 .fallback_queue
                 .then(|| StoredRequest::from_outgoing(&out));
             let mut sent = out.req;
-            if let Ok(id) = HeaderValue::from_str(&input.message_id) {
+            if let Ok(id) = HeaderValue::from_str(&message_id) {
                 sent.headers
                     .push((HeaderName::from_static("x-tilts-message-id"), id));
             }
-            let resp = match send(
-                to,
-                &route.id,
-                "to",
-                sent,
-                &input.message_id,
-                out.user_id.as_ref(),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(RouteError::Upstream { label, error }) => {
-                    return Err(match deferred {
-                        Some(request)
-                            if error.retry() == tilts_adapters::contract::Retry::Retryable =>
-                        {
-                            let ordering_key =
-                                match &route.ordering_key {
+            let resp =
+                match send(to, &route.id, "to", sent, &message_id, out.user_id.as_ref()).await {
+                    Ok(r) => r,
+                    Err(RouteError::Upstream { label, error }) => {
+                        return Err(match deferred {
+                            Some(request)
+                                if error.retry() == tilts_adapters::contract::Retry::Retryable =>
+                            {
+                                let ordering_key = match &route.ordering_key {
                                     Some(t) => Some(plan.mappings.render_string(t, &ctx).map_err(
                                         |error| RouteError::Mapping {
                                             label: "ordering_key".into(),
@@ -122,17 +114,17 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                                     )?),
                                     None => None,
                                 };
-                            RouteError::Deferred(Box::new(Deferred {
-                                request,
-                                ordering_key,
-                                error,
-                            }))
-                        }
-                        _ => RouteError::Upstream { label, error },
-                    });
-                }
-                Err(e) => return Err(e),
-            };
+                                RouteError::Deferred(Box::new(Deferred {
+                                    request,
+                                    ordering_key,
+                                    error,
+                                }))
+                            }
+                            _ => RouteError::Upstream { label, error },
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
             if to.system.soap.is_some() {
                 // A SOAP answer's payload is XML inside an envelope: answer with it as data.
                 return Ok(json_reply(resp.status, &resp.data));
@@ -140,7 +132,7 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
             if to.system.amqp().is_some() {
                 return Ok(json_reply(
                     202,
-                    &json!({"messageId": input.message_id, "status": "published"}),
+                    &json!({"messageId": message_id, "status": "published"}),
                 ));
             }
             Ok(Reply {
@@ -529,11 +521,12 @@ pub struct Prepared {
 
 /// Runs a queued route's steps (validate, map, choice) and renders its destination request.
 pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepared, RouteError> {
-    let mut ctx = new_context(route, input.clone());
+    let message_id = input.message_id.clone();
+    let mut ctx = new_context(route, input);
     let mut ex = Exchange {
         plan,
         route,
-        message_id: &input.message_id,
+        message_id: &message_id,
     };
     if let Flow::Replied(_) = ex.steps(&route.steps, &mut ctx).await? {
         // The checker forbids `respond` in queued routes; reaching this is a bug, not bad input.
