@@ -288,9 +288,10 @@ struct StoreResult {
 fn run() -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings::from_env(cpus)?;
-    if settings.log {
-        tilts_engine::logging::init(tilts_engine::logging::LogFormat::Text);
-    }
+    // Kept to the end: its drop writes out the queued log lines.
+    let _log = settings
+        .log
+        .then(|| tilts_engine::logging::init(tilts_engine::logging::LogFormat::Text));
     let rts = Runtimes {
         load: runtime("loadgen-rt", settings.threads)?,
         tilts: runtime("tilts-rt", settings.threads)?,

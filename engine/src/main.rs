@@ -137,7 +137,7 @@ async fn run(cli: Cli) -> ExitCode {
             database,
             no_workers,
         } => {
-            logging::init(cli.log_format);
+            let _log = logging::init(cli.log_format);
             let plan = match check::load(&config) {
                 Ok(p) => p,
                 Err(d) => {
@@ -180,9 +180,7 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             keep_running,
         } => {
-            if keep_running {
-                logging::init(cli.log_format);
-            }
+            let _log = keep_running.then(|| logging::init(cli.log_format));
             match demo::run(&config, keep_running).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -213,7 +211,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Simulate { port } => {
-            logging::init(cli.log_format);
+            let _log = logging::init(cli.log_format);
             match demo::simulate(port).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
