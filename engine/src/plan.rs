@@ -116,6 +116,20 @@ impl AmqpHandle {
         self.capture.get()
     }
 
+    /// The connection's state right now, for `/readyz`: `not connected yet` (connects on first
+    /// use), `connected`, `reconnecting` (lost; being re-established) or `captured` (`tilts
+    /// test`).
+    pub fn state(&self) -> &'static str {
+        if self.capture.get().is_some() {
+            return "captured";
+        }
+        match self.conn.get() {
+            None => "not connected yet",
+            Some(c) if c.is_connected() => "connected",
+            Some(_) => "reconnecting",
+        }
+    }
+
     /// The connected broker (connecting and declaring the topology on first use).
     pub async fn get(&self) -> Result<&AmqpSystem, DeliveryError> {
         self.conn

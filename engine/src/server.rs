@@ -16,7 +16,7 @@ use axum::extract::{RawPathParams, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tilts_adapters::contract::FailureKind;
 
 use crate::config::types::Delivery;
@@ -68,18 +68,15 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
     }
     let ready_state = state.clone();
     let router = router
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route(
             "/readyz",
             get(move || {
                 let st = ready_state.clone();
-                async move {
-                    if st.ready.load(Ordering::Relaxed) {
-                        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready", "routes": st.plan.routes.len()})))
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "shutting down"})))
-                    }
-                }
+                async move { readiness(&st).await }
             }),
         )
         // The path is not logged: a caller may have put a personal code in it.
@@ -92,6 +89,66 @@ pub fn app(plan: Arc<Plan>, store: Option<Store>) -> (Router, Arc<AppState>) {
             Problem::not_found()
         });
     (router, state)
+}
+
+/// How long `/readyz` waits for the store to answer.
+const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/readyz`: 200 while tilts takes traffic; 503 once shutdown has begun or while the store does
+/// not answer (queued routes would answer 503 then). Brokers are listed but do not make tilts
+/// unready: what goes to a broker is stored and retried, so HTTP traffic is still taken.
+async fn readiness(st: &AppState) -> Response {
+    let shutting_down = !st.ready.load(Ordering::Relaxed);
+    let store = match &st.store {
+        None => None,
+        Some(store) => {
+            let answered = tokio::time::timeout(READY_STORE_TIMEOUT, store.ping()).await;
+            Some(match answered {
+                Ok(Ok(())) => Ok(store.backend()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness: the store does not answer");
+                    Err(store.backend())
+                }
+                Err(_) => {
+                    tracing::warn!("readiness: the store did not answer within 2 s");
+                    Err(store.backend())
+                }
+            })
+        }
+    };
+    let brokers: Map<String, Value> = st
+        .plan
+        .systems
+        .values()
+        .filter_map(|s| match &s.transport {
+            crate::plan::Transport::Amqp(h) => Some((s.name.clone(), json!(h.state()))),
+            crate::plan::Transport::Http(_) => None,
+        })
+        .collect();
+    let store_ok = !matches!(store, Some(Err(_)));
+    let status = if shutting_down {
+        "shutting down"
+    } else if !store_ok {
+        "store unavailable"
+    } else {
+        "ready"
+    };
+    let mut body = json!({"status": status, "routes": st.plan.routes.len()});
+    if let Some(s) = store {
+        body["store"] = match s {
+            Ok(backend) => json!({"backend": backend, "status": "ok"}),
+            Err(backend) => json!({"backend": backend, "status": "unavailable"}),
+        };
+    }
+    if !brokers.is_empty() {
+        body["brokers"] = Value::Object(brokers);
+    }
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 pub(crate) async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {

@@ -625,6 +625,12 @@ async fn store_outage(db: String, how: Outage) {
     for id in &accepted {
         t.wait_state(*id, MessageState::Delivered).await;
     }
+    let (status, ready) = t.readiness().await;
+    assert_eq!(status, StatusCode::OK, "{ready:#}");
+    assert_eq!(
+        ready["store"],
+        json!({"backend": "postgres", "status": "ok"})
+    );
 
     // Deliveries in flight (the social service is slow) when the database goes away...
     t.sim().faults().delay(Duration::from_millis(700));
@@ -736,6 +742,20 @@ async fn store_outage(db: String, how: Outage) {
         late.is_empty(),
         "callers waited too long around the outage: {late:#?}"
     );
+    // Load balancers see it too: /readyz answers 503 (within its 2 s wait for the store).
+    let asked = Instant::now();
+    let (status, ready) = t.readiness().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready:#}");
+    assert_eq!(ready["status"], "store unavailable");
+    assert_eq!(
+        ready["store"],
+        json!({"backend": "postgres", "status": "unavailable"})
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 
     // Back: the same port again; tilts accepts again without a restart. (A blackhole heals as
     // a cut: its frozen connections are closed.)
@@ -771,6 +791,8 @@ async fn store_outage(db: String, how: Outage) {
         "{how:?}: accepting again {:?} after the store came back",
         restored.elapsed()
     );
+    let (status, ready) = t.readiness().await;
+    assert_eq!(status, StatusCode::OK, "ready again: {ready:#}");
     accepted.push(back);
     for i in 2..=3 {
         accepted.push(
@@ -977,6 +999,18 @@ impl Tilts {
             req = req.header("idempotency-key", k);
         }
         req.send().await.unwrap()
+    }
+
+    /// `GET /readyz`: the status code and the body.
+    async fn readiness(&self) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Sends a message that must be accepted; returns its id.

@@ -726,6 +726,14 @@ impl Store {
         }
     }
 
+    /// Whether the database answers now (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
+        }
+    }
+
     /// Messages per state.
     pub async fn counts(&self) -> Result<StateCounts, StoreError> {
         match self {

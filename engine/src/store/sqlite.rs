@@ -545,6 +545,12 @@ impl SqliteStore {
         }
     }
 
+    /// Whether the database answers (a read on the reader pool).
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     pub(crate) async fn counts(&self) -> Result<StateCounts, StoreError> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM messages GROUP BY state")
