@@ -745,6 +745,37 @@ async fn sqlite_store_survives_reopen() {
     store.close().await;
 }
 
+/// Two `tilts serve` on one SQLite file, or a restart while the old process still holds it:
+/// stores opened on a fresh file at the same moment all open (one migrates, the others wait),
+/// and the file ends up migrated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_stores_opened_at_once_on_one_file_all_open() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tilts.db").display());
+        let opened = futures::future::join_all((0..8).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open(&url).await })
+        }))
+        .await;
+        let mut stores = Vec::new();
+        for o in opened {
+            match o.unwrap() {
+                Ok(s) => stores.push(s),
+                Err(e) => panic!("round {round}: a store did not open: {e:#}"),
+            }
+        }
+        // Every handle writes to the same, fully migrated database.
+        let id = enqueue(&stores[0], message("r", json!({"n": round}))).await;
+        for s in &stores {
+            assert!(s.get(id).await.unwrap().is_some());
+        }
+        for s in &stores {
+            s.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn unreachable_postgres_is_unavailable() {
     let options = StoreOptions {

@@ -200,9 +200,59 @@ struct ClaimRow {
     received_at: i64,
 }
 
+/// How long opening keeps retrying while another process holds the database (at least; the
+/// store's busy timeout when that is longer).
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// How often opening runs the migrations before a migration error is final.
+const MIGRATION_TRIES: u32 = 3;
+
+/// SQLITE_BUSY or SQLITE_LOCKED (any extended code), also inside a migration error.
+fn is_busy(e: &StoreError) -> bool {
+    let db = match e {
+        StoreError::Unavailable(e) | StoreError::Database(e) => e.as_database_error(),
+        StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e.as_database_error(),
+        _ => None,
+    };
+    db.and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and applies the migrations.
     pub async fn open(path: &str, options: &StoreOptions) -> Result<SqliteStore, StoreError> {
+        // Processes opening one file at the same moment (two `tilts serve`, a restart while the
+        // old process still holds it) can meet SQLITE_BUSY where SQLite does not wait (switching
+        // to WAL, a migration's read turning into a write), and can both find a migration
+        // unapplied: the second then fails on what the first created ("table already exists";
+        // SQLite has no lock the migrator could take). Each migration is one transaction, so
+        // opening again sees the other's work as applied: busy is retried for a while, a failed
+        // migration a few times.
+        let deadline = tokio::time::Instant::now() + options.busy_timeout.max(OPEN_RETRY_FOR);
+        let mut wait = Duration::from_millis(20);
+        let mut migration_failures = 0;
+        loop {
+            let e = match Self::open_once(path, options).await {
+                Ok(store) => return Ok(store),
+                Err(e) => e,
+            };
+            let again = if matches!(e, StoreError::Migrate(_)) && !is_busy(&e) {
+                migration_failures += 1;
+                migration_failures < MIGRATION_TRIES
+            } else {
+                is_busy(&e)
+            };
+            if !again || tokio::time::Instant::now() + wait >= deadline {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "the SQLite store is busy; opening again");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn open_once(path: &str, options: &StoreOptions) -> Result<SqliteStore, StoreError> {
         let in_memory = path == ":memory:" || path.is_empty();
         let connect = SqliteConnectOptions::new()
             .filename(Path::new(if in_memory { ":memory:" } else { path }))
