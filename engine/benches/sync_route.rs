@@ -27,6 +27,9 @@
 //! - `BENCH_RATE` open-loop rate in req/s (default: half of the measured tilts maximum)
 //! - `BENCH_THREADS` worker threads per runtime (default: the number of CPUs)
 //! - `BENCH_SHARED_RUNTIME=1` one runtime for the three parts instead of one each
+//! - `BENCH_PIN=1` tilts' threads on the last CPU, everything else on the others (`taskset`), as
+//!   if tilts ran on a machine of its own: the share then says how much traffic one core of
+//!   tilts carries against what the other cores' generator and upstream can make
 //! - `BENCH_PROFILE=1` also measure route variants (without validate, without templates, bare
 //!   proxy, without the call) and the cost of each step in isolation
 //! - `BENCH_LOG=1` install tilts' logging (one line per request on stderr, as `tilts serve`
@@ -80,6 +83,7 @@ struct Settings {
     rate: Option<f64>,
     threads: usize,
     shared_runtime: bool,
+    pin: bool,
     profile: bool,
     log: bool,
 }
@@ -99,9 +103,13 @@ impl Settings {
             },
             threads: env_num("BENCH_THREADS", cpus)?,
             shared_runtime: env_flag("BENCH_SHARED_RUNTIME"),
+            pin: env_flag("BENCH_PIN"),
             profile: env_flag("BENCH_PROFILE"),
             log: env_flag("BENCH_LOG"),
         };
+        if s.pin && (s.shared_runtime || cpus < 2) {
+            bail!("BENCH_PIN needs two CPUs or more and a runtime per part");
+        }
         if s.concurrency == 0 || s.seconds == 0 || s.threads == 0 {
             bail!("BENCH_CONCURRENCY, BENCH_SECONDS and BENCH_THREADS must be at least 1");
         }
@@ -169,6 +177,9 @@ fn run() -> anyhow::Result<()> {
         }
     };
 
+    if settings.pin {
+        pin_threads(cpus)?;
+    }
     let (upstream_addr, seen) = start_upstream(&rts.upstream)?;
     let (tilts_addr, plan, stop_tilts) = start_tilts(&rts.tilts, upstream_addr)?;
     let application = Bytes::from(serde_json::to_vec(&tilts_engine::demo::application(
@@ -307,10 +318,18 @@ fn print_header(s: &Settings, cpus: usize) {
         },
         s.threads
     );
-    println!(
-        "           on a machine with few cores they share the cores, which penalizes the \
-         through-tilts figure (tilts' own work competes with the generator and the upstream)"
-    );
+    if s.pin {
+        println!(
+            "           PINNED (BENCH_PIN=1): tilts' threads on CPU {}, the generator, the upstream \
+             and everything else on the other CPUs",
+            cpus - 1
+        );
+    } else {
+        println!(
+            "           on a machine with few cores they share the cores, which penalizes the \
+             through-tilts figure (tilts' own work competes with the generator and the upstream)"
+        );
+    }
     println!(
         "route:     POST {ROUTE_PATH}: validate (JSON Schema) -> map (Handlebars) -> call \
          POST /cases -> respond 201 (Handlebars)"
@@ -326,6 +345,36 @@ fn print_header(s: &Settings, cpus: usize) {
             "no log subscriber (tilts serve logs one line per request; BENCH_LOG=1 includes it)"
         }
     );
+}
+
+/// `BENCH_PIN=1`: tilts' runtime threads to the last CPU, every other thread of the process
+/// (the generator, the upstream, this dispatcher) to the others, with `taskset`.
+fn pin_threads(cpus: usize) -> anyhow::Result<()> {
+    let last = cpus - 1;
+    let others = if last == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", last - 1)
+    };
+    for task in std::fs::read_dir("/proc/self/task").context("cannot list the threads")? {
+        let task = task?;
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let cpu = if comm.starts_with("tilts-rt") {
+            last.to_string()
+        } else {
+            others.clone()
+        };
+        let status = std::process::Command::new("taskset")
+            .args(["-pc", &cpu, &tid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("cannot run taskset (util-linux)")?;
+        if !status.success() {
+            bail!("taskset -pc {cpu} {tid} failed");
+        }
+    }
+    Ok(())
 }
 
 fn load_average() -> String {
