@@ -36,6 +36,10 @@ use anyhow::{Context as _, anyhow, bail};
 use tilts_adapters::sim::{SimServer, population_register as pr};
 use tokio::runtime::Runtime;
 
+#[path = "common/usage.rs"]
+mod usage;
+use usage::{Usage, thread_usage, usage_delta};
+
 const WARMUP: Duration = Duration::from_secs(2);
 const TARGET_SHARE: f64 = 0.30;
 
@@ -82,6 +86,8 @@ struct Result {
     first_error: Option<String>,
     elapsed: Duration,
     latencies_us: Vec<u64>,
+    /// CPU used by each part of the process during the measured seconds.
+    usage: std::collections::BTreeMap<&'static str, Usage>,
 }
 
 impl Result {
@@ -162,9 +168,11 @@ fn closed_loop(rt: &Runtime, t: Arc<Target>, concurrency: usize, seconds: u64) -
         tokio::time::sleep(WARMUP).await;
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
+        let usage_before = thread_usage(part);
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         stop.store(true, Ordering::Relaxed);
         let elapsed = started.elapsed();
+        let usage = usage_delta(&usage_before, &thread_usage(part));
         let mut latencies_us = Vec::new();
         let mut first_error = None;
         for task in tasks {
@@ -181,8 +189,19 @@ fn closed_loop(rt: &Runtime, t: Arc<Target>, concurrency: usize, seconds: u64) -
             first_error,
             elapsed,
             latencies_us,
+            usage,
         }
     })
+}
+
+/// The part of the process a thread belongs to, from its runtime's name.
+fn part(comm: &str) -> &'static str {
+    match comm {
+        c if c.starts_with("load") => "load generator",
+        c if c.starts_with("tilts") => "tilts",
+        c if c.starts_with("sim") => "simulator",
+        _ => "other threads",
+    }
 }
 
 fn print(name: &str, r: &Result) {
@@ -197,6 +216,22 @@ fn print(name: &str, r: &Result) {
     if let Some(e) = &r.first_error {
         println!("    first error: {e}");
     }
+    let per_request = |part: &str| {
+        let u = r.usage.get(part).copied().unwrap_or_default();
+        let n = r.requests.max(1) as f64;
+        format!(
+            "{part} {:.1} us [{:.2}]",
+            u.ns as f64 / 1000.0 / n,
+            u.switches as f64 / n
+        )
+    };
+    println!(
+        "  {:<14} CPU per request [context switches]: {}, {}, {}",
+        "",
+        per_request("load generator"),
+        per_request("tilts"),
+        per_request("simulator")
+    );
 }
 
 fn run() -> anyhow::Result<()> {

@@ -57,6 +57,10 @@ use serde_json::{Value, json};
 use tilts_engine::plan::{Plan, Step};
 use tokio::runtime::Runtime;
 
+#[path = "common/usage.rs"]
+mod usage;
+use usage::{Usage, usage_delta};
+
 /// The upstream's fixed answer.
 const CASE_ANSWER: &str = r#"{"caseNumber":"SD-2026-000123","status":"registered"}"#;
 const CASE_NUMBER: &str = "SD-2026-000123";
@@ -876,13 +880,6 @@ fn pct_ms(sorted: &[u64], p: f64) -> f64 {
 // ------------------------------------------------------------------------------------------
 // CPU accounting per part of the process (threads are named per runtime).
 
-/// What the threads of one part of the process used: on-CPU time and context switches.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    ns: u64,
-    switches: u64,
-}
-
 /// The parts' usage between two snapshots, and the requests answered meanwhile.
 struct Window {
     requests: u64,
@@ -892,58 +889,13 @@ struct Window {
 
 /// Usage per part, summed over the process' threads.
 fn thread_usage() -> BTreeMap<&'static str, Usage> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in dir.flatten() {
-        let p = task.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let part = match comm.trim() {
-            c if c.starts_with("loadgen") => "load generator",
-            c if c.starts_with("tilts") => "tilts",
-            c if c.starts_with("upstream") => "upstream",
-            c if c.starts_with("shared") => "all (shared runtime)",
-            _ => "other threads",
-        };
-        // schedstat: on-CPU time in ns; stat: utime + stime in clock ticks (100 Hz) otherwise.
-        let ns = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .or_else(|| {
-                let stat = std::fs::read_to_string(p.join("stat")).ok()?;
-                let rest = &stat[stat.rfind(')')? + 1..];
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                Some(ticks * 10_000_000)
-            });
-        let switches: u64 = std::fs::read_to_string(p.join("status"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        let u: &mut Usage = out.entry(part).or_default();
-        u.ns += ns.unwrap_or(0);
-        u.switches += switches;
-    }
-    out
-}
-
-fn usage_delta(
-    a: &BTreeMap<&'static str, Usage>,
-    b: &BTreeMap<&'static str, Usage>,
-) -> BTreeMap<&'static str, Usage> {
-    b.iter()
-        .map(|(k, v)| {
-            let before = a.get(k).copied().unwrap_or_default();
-            let d = Usage {
-                ns: v.ns.saturating_sub(before.ns),
-                switches: v.switches.saturating_sub(before.switches),
-            };
-            (*k, d)
-        })
-        .collect()
+    usage::thread_usage(|comm| match comm {
+        c if c.starts_with("loadgen") => "load generator",
+        c if c.starts_with("tilts") => "tilts",
+        c if c.starts_with("upstream") => "upstream",
+        c if c.starts_with("shared") => "all (shared runtime)",
+        _ => "other threads",
+    })
 }
 
 // ------------------------------------------------------------------------------------------
