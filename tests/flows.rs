@@ -1,8 +1,8 @@
 //! The shipped flows end to end, with the real binary, the real RabbitMQ (`TILTS_TEST_AMQP_URL`;
 //! skipped when unset, failing when set and unreachable) and every simulator: a centre's case
 //! goes through tilts to the registries, Riga's client history and an institution over
-//! RabbitMQ, whose status update comes back to the VPVKAC IS; and PIKTAPS holds a descriptor of
-//! every shipped route, updated when a route changes.
+//! RabbitMQ, whose status update comes back to the VPVKAC IS and into Riga's client history;
+//! and PIKTAPS holds a descriptor of every shipped route, updated when a route changes.
 
 mod common;
 
@@ -124,6 +124,26 @@ async fn a_case_reaches_every_system_and_its_status_comes_back() {
     assert_eq!(change.status, "received");
     assert_eq!(change.institution, INSTITUTION);
     assert!(change.institution_case_number.is_some());
+    // And into Riga's client history, for the client whose application carried the case.
+    let of_case = |kind: &str| {
+        sims.riga_state
+            .all_interactions()
+            .into_iter()
+            .find(|i| i.case_id.as_deref() == Some(id.as_str()) && i.kind == kind)
+    };
+    wait_until(
+        "the status in Riga's client history",
+        Duration::from_secs(20),
+        || of_case("status").is_some(),
+    )
+    .await;
+    let (application, status) = (of_case("application").unwrap(), of_case("status").unwrap());
+    assert_eq!(status.client_id, application.client_id);
+    assert_eq!(status.channel, "e-service");
+    assert!(
+        status.summary.contains("received") && status.summary.contains(INSTITUTION),
+        "{status:?}"
+    );
 
     // An applicant the register does not know: 422, and nothing goes out.
     let before = vsaa.received().len();

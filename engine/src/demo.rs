@@ -266,6 +266,29 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
         if !got {
             failures += 1;
         }
+        // The same status, recorded in Riga's client history by the case-history route.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let recorded = loop {
+            let found = sims
+                .riga_state
+                .all_interactions()
+                .into_iter()
+                .find(|i| i.case_id.as_deref() == Some(flow_case) && i.kind != "application");
+            if found.is_some() || Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match recorded {
+            Some(i) => println!(
+                "    Riga client history     the {} recorded for client {}",
+                i.kind, i.client_id
+            ),
+            None => {
+                failures += 1;
+                println!("    Riga client history     FAIL: the status did not arrive within 10 s");
+            }
+        }
     }
     let descriptors = sims.piktaps_state.descriptors(sim::piktaps::SYSTEM_CODE);
     println!(

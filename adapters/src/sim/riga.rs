@@ -363,6 +363,10 @@ pub fn router_for(state: RigaState) -> Router {
             &format!("{BASE_PATH}/clients/{{client_id}}/interactions"),
             post(record_interaction).get(list_interactions),
         )
+        .route(
+            &format!("{BASE_PATH}/cases/{{case_id}}/interactions"),
+            post(record_case_interaction),
+        )
         .with_state(state)
 }
 
@@ -514,11 +518,60 @@ async fn record_interaction(
     if find_client(&client_id).is_none() {
         return client_error(&client_id);
     }
+    record(&state, client_id, &headers, &raw)
+}
+
+/// An interaction about a case, for the client whose application recorded that case id (an
+/// institution's status or answer knows the case, not Riga's client id). 404 when no
+/// application with this case id was recorded: the client was not in Riga's system then.
+async fn record_case_interaction(
+    State(state): State<RigaState>,
+    Path(case_id): Path<String>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    if let Some(denied) = state.check_token(&headers) {
+        return denied;
+    }
+    let client_id = state
+        .lock()
+        .interactions
+        .iter()
+        .find(|i| i.kind == "application" && i.case_id.as_deref() == Some(case_id.as_str()))
+        .map(|i| i.client_id.clone());
+    let Some(client_id) = client_id else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "case-not-found",
+            "Case not found",
+            "No application with this case id was recorded for any client.",
+        );
+    };
     let body = match json_body(&headers, &raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let message_id = match message_id(&headers) {
+    if body.get("caseId").and_then(Value::as_str) != Some(case_id.as_str()) {
+        return invalid(
+            "invalid-interaction",
+            "interaction",
+            vec![(
+                "caseId".to_string(),
+                "must be the case id of the path".to_string(),
+            )],
+        );
+    }
+    record(&state, client_id, &headers, &raw)
+}
+
+/// Validates and records one interaction of `client_id` (an existing client); 201 with the
+/// receipt, or the first answer again for a repeated message id.
+fn record(state: &RigaState, client_id: String, headers: &HeaderMap, raw: &Bytes) -> Response {
+    let body = match json_body(headers, raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let message_id = match message_id(headers) {
         Ok(m) => m,
         Err(r) => return *r,
     };
@@ -526,7 +579,7 @@ async fn record_interaction(
         Ok(i) => i,
         Err(errors) => return invalid("invalid-interaction", "interaction", errors),
     };
-    let fingerprint = fingerprint("POST", &client_id, &raw);
+    let fingerprint = fingerprint("POST", &client_id, raw);
     let mut data = state.lock();
     if let Some(replayed) = message_id
         .as_deref()
@@ -928,6 +981,55 @@ mod tests {
         assert_eq!(list["items"][0]["caseId"], "VPVKAC-2026-000123");
         assert_eq!(list["items"][1]["channel"], "email");
         assert!(state.interactions(NEW_FORM_CLIENT).is_empty());
+    }
+
+    #[tokio::test]
+    async fn case_interactions_go_to_the_client_of_the_application() {
+        let (sim, state) = sim().await;
+        let token = token(&sim).await;
+        let post_case = |case: &str, body: Value| {
+            reqwest::Client::new()
+                .post(url(&sim, &format!("/cases/{case}/interactions")))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+        };
+        let mut answer = visit();
+        answer["type"] = json!("answer");
+        answer["channel"] = json!("e-service");
+        // No application with this case yet: the client was not in Riga's system then.
+        let r = post_case("VPVKAC-2026-000123", answer.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let p: Value = r.json().await.unwrap();
+        assert!(
+            p["type"].as_str().unwrap().ends_with("/case-not-found"),
+            "{p}"
+        );
+
+        let r = post_interaction(&sim, &token, ACTIVE_CLIENT, &visit(), None).await;
+        assert_eq!(r.status(), 201);
+        let r = post_case("VPVKAC-2026-000123", answer.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let receipt: Value = r.json().await.unwrap();
+        assert_eq!(receipt["clientId"], ACTIVE_CLIENT);
+        let recorded = state.interactions(ACTIVE_CLIENT);
+        assert_eq!(
+            recorded.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>(),
+            ["application", "answer"]
+        );
+
+        // The body's case must be the path's.
+        let r = post_case("VPVKAC-2026-000777", answer).await.unwrap();
+        assert_eq!(r.status(), 404, "no application for that case either");
+        let mut other = visit();
+        other["caseId"] = json!("VPVKAC-2026-000777");
+        let r = post_case("VPVKAC-2026-000123", other).await.unwrap();
+        assert_eq!(r.status(), 422);
+        assert_eq!(state.interactions(ACTIVE_CLIENT).len(), 2);
     }
 
     #[tokio::test]
