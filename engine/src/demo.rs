@@ -468,6 +468,9 @@ fn summarize(body: &Value) -> String {
     if let Some(text) = body.get("text").and_then(Value::as_str) {
         return text.to_string();
     }
+    if let Some(id) = body.get("interactionId").and_then(Value::as_str) {
+        return format!("recorded in Riga's client history as {id}");
+    }
     if let Some(case) = body
         .pointer("/institution/caseNumber")
         .and_then(Value::as_str)
@@ -478,6 +481,17 @@ fn summarize(body: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string()
+}
+
+/// A client's visit to a centre, as the VPVKAC IS reports it (fictional test codes).
+fn visit(n: u32, personal_code: &str) -> Value {
+    json!({
+        "visitId": format!("VISIT-2026-{n:06}"),
+        "centre": {"code": "RIGA-CENTRS", "name": "Rīgas VPVKAC"},
+        "client": {"personalCode": personal_code},
+        "serviceCode": "SOC-ASSIST-01",
+        "visitedAt": "2026-03-02T09:05:00+02:00",
+    })
 }
 
 /// A valid application as a VPVKAC centre sends it. Personal codes are fictional test codes.
@@ -650,6 +664,20 @@ fn cases() -> Vec<Case> {
             application(461, pr::NOT_FOUND),
             Fault::None,
             422,
+        ),
+        post(
+            "visit at a centre, into Riga's history",
+            "/v1/visits",
+            visit(42, pr::ACTIVE),
+            Fault::None,
+            201,
+        ),
+        post(
+            "visit by someone not Riga's client",
+            "/v1/visits",
+            visit(43, sim::riga::NO_PROFILE),
+            Fault::None,
+            404,
         ),
         soap(
             "SOAP client, unknown person",
