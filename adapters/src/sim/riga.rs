@@ -518,7 +518,11 @@ async fn record_interaction(
     if find_client(&client_id).is_none() {
         return client_error(&client_id);
     }
-    record(&state, client_id, &headers, &raw)
+    let body = match json_body(&headers, &raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    record(&state, client_id, &headers, &raw, &body)
 }
 
 /// An interaction about a case, for the client whose application recorded that case id (an
@@ -561,21 +565,23 @@ async fn record_case_interaction(
             )],
         );
     }
-    record(&state, client_id, &headers, &raw)
+    record(&state, client_id, &headers, &raw, &body)
 }
 
-/// Validates and records one interaction of `client_id` (an existing client); 201 with the
-/// receipt, or the first answer again for a repeated message id.
-fn record(state: &RigaState, client_id: String, headers: &HeaderMap, raw: &Bytes) -> Response {
-    let body = match json_body(headers, raw) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+/// Validates and records one interaction of `client_id` (an existing client), `body` being
+/// `raw` parsed; 201 with the receipt, or the first answer again for a repeated message id.
+fn record(
+    state: &RigaState,
+    client_id: String,
+    headers: &HeaderMap,
+    raw: &Bytes,
+    body: &Value,
+) -> Response {
     let message_id = match message_id(headers) {
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let mut interaction = match validate_interaction(&body) {
+    let mut interaction = match validate_interaction(body) {
         Ok(i) => i,
         Err(errors) => return invalid("invalid-interaction", "interaction", errors),
     };
