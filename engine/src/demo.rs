@@ -88,6 +88,18 @@ async fn follow(store: &crate::store::Store, id: &str) -> (String, u32, String) 
     }
 }
 
+/// Asks `found` every 100 ms until it has an answer, for at most `within`.
+async fn poll<T>(within: Duration, mut found: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = found();
+        if answer.is_some() || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs the demo.
 pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
     let sims = Simulators::start()
@@ -231,14 +243,11 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
     let riga_calls = sims.riga_state.all_interactions().len();
     println!("    Riga client history     {riga_calls} interaction(s) recorded");
     if let Ok(inst) = &institution {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let history = loop {
-            let h = sims.vpvkac_state.history(flow_case);
-            if !h.is_empty() || Instant::now() > deadline {
-                break h;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let history = poll(Duration::from_secs(20), || {
+            Some(sims.vpvkac_state.history(flow_case)).filter(|h| !h.is_empty())
+        })
+        .await
+        .unwrap_or_default();
         let got = inst
             .received()
             .iter()
@@ -267,18 +276,13 @@ pub async fn run(config: &Path, keep_running: bool) -> anyhow::Result<()> {
             failures += 1;
         }
         // The same status, recorded in Riga's client history by the case-history route.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let recorded = loop {
-            let found = sims
-                .riga_state
+        let recorded = poll(Duration::from_secs(10), || {
+            sims.riga_state
                 .all_interactions()
                 .into_iter()
-                .find(|i| i.case_id.as_deref() == Some(flow_case) && i.kind != "application");
-            if found.is_some() || Instant::now() > deadline {
-                break found;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+                .find(|i| i.case_id.as_deref() == Some(flow_case) && i.kind != "application")
+        })
+        .await;
         match recorded {
             Some(i) => println!(
                 "    Riga client history     the {} recorded for client {}",
