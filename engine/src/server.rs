@@ -110,7 +110,10 @@ async fn readiness(st: &AppState) -> Response {
                     Err(store.backend())
                 }
                 Err(_) => {
-                    tracing::warn!("readiness: the store did not answer within 2 s");
+                    tracing::warn!(
+                        timeout_ms = READY_STORE_TIMEOUT.as_millis() as u64,
+                        "readiness: the store did not answer in time"
+                    );
                     Err(store.backend())
                 }
             })

@@ -500,14 +500,12 @@ fn is_outage(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                // Primary result code is the low byte of the extended code.
-                let primary = code.parse::<i32>().unwrap_or(0) & 0xff;
+            if let Some(primary) = sqlite_primary_code(db.as_ref()) {
                 // BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
                 matches!(primary, 5 | 6 | 7 | 10 | 13 | 14 | 15)
             } else {
+                let code = db.code();
+                let code = code.as_deref().unwrap_or("");
                 // PostgreSQL: connection exceptions (08), insufficient resources (53),
                 // operator intervention (57: shutdown, cannot connect now), read-only standby.
                 code.starts_with("08")
@@ -518,6 +516,13 @@ fn is_outage(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// SQLite's primary result code of a SQLite error (the low byte of its extended code); `None`
+/// for other databases' errors.
+pub(crate) fn sqlite_primary_code(db: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    Some(db.code()?.parse::<i32>().unwrap_or(0) & 0xff)
 }
 
 pub(crate) fn cut_error_text(text: Option<String>) -> Option<String> {

@@ -214,9 +214,8 @@ fn is_busy(e: &StoreError) -> bool {
         StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e.as_database_error(),
         _ => None,
     };
-    db.and_then(|d| d.code())
-        .and_then(|c| c.parse::<i32>().ok())
-        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    db.and_then(super::sqlite_primary_code)
+        .is_some_and(|c| matches!(c, 5 | 6))
 }
 
 impl SqliteStore {
