@@ -18,7 +18,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::contract::{DeliveryError, FailureKind};
+use crate::http1::{Failure, PlainHttp};
 use crate::token::TokenCache;
+
+/// The `User-Agent` of tilts' requests.
+const USER_AGENT: &str = concat!("tilts/", env!("CARGO_PKG_VERSION"));
 
 /// Largest answer body tilts reads from a peer; a larger one is a protocol failure.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -112,6 +116,9 @@ impl HttpResponse {
 pub struct HttpSystem {
     spec: Arc<HttpSystemSpec>,
     client: reqwest::Client,
+    /// The lean transport for plain `http://` systems without an outbound proxy
+    /// ([`crate::http1`]); reqwest takes everything else.
+    plain: Option<Arc<PlainHttp>>,
     /// Shared by all clones, so the whole process makes one token request per expiry.
     tokens: Option<Arc<TokenCache>>,
 }
@@ -120,12 +127,14 @@ impl HttpSystem {
     /// Builds the client (with the system's TLS settings). Fails only on a TLS/backend setup
     /// problem.
     pub fn new(spec: HttpSystemSpec) -> Result<Self, String> {
+        let plain =
+            PlainHttp::for_base(&spec.base_url, spec.connect_timeout, USER_AGENT).map(Arc::new);
         let mut builder = reqwest::Client::builder()
             .timeout(spec.timeout)
             .connect_timeout(spec.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .user_agent(concat!("tilts/", env!("CARGO_PKG_VERSION")));
+            .user_agent(USER_AGENT);
         if let Some(tls) = &spec.tls {
             builder = tls.apply(builder);
         }
@@ -139,6 +148,7 @@ impl HttpSystem {
         Ok(Self {
             spec: Arc::new(spec),
             client,
+            plain,
             tokens,
         })
     }
@@ -176,6 +186,9 @@ impl HttpSystem {
         req: &HttpRequest,
         token: Option<&str>,
     ) -> Result<HttpResponse, DeliveryError> {
+        if let Some(plain) = &self.plain {
+            return self.send_plain(plain, req, token).await;
+        }
         let url = self.url_for(&req.path);
         let mut builder = self.client.request(req.method.clone(), &url);
         for (k, v) in &self.spec.headers {
@@ -220,6 +233,72 @@ impl HttpSystem {
             headers,
             body: Bytes::from(body),
         })
+    }
+
+    /// [`Self::send_once`] on the lean plain-HTTP transport: the same headers, timeouts and
+    /// failure classes as through reqwest.
+    async fn send_plain(
+        &self,
+        plain: &PlainHttp,
+        req: &HttpRequest,
+        token: Option<&str>,
+    ) -> Result<HttpResponse, DeliveryError> {
+        let url = self.url_for(&req.path);
+        let auth = match (token, &self.spec.auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, Some(HttpAuth::Bearer(token))) => Some(format!("Bearer {token}")),
+            (None, Some(HttpAuth::Basic { username, password })) => {
+                use base64::Engine as _;
+                let pair = format!("{username}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            (None, None) => None,
+        };
+        let auth = match auth.map(|a| HeaderValue::from_str(&a)) {
+            None => None,
+            Some(Ok(mut v)) => {
+                v.set_sensitive(true);
+                Some(v)
+            }
+            Some(Err(_)) => {
+                return Err(self.error(
+                    FailureKind::Request,
+                    "the credentials cannot be sent in an Authorization header",
+                ));
+            }
+        };
+        let mut headers = Vec::with_capacity(self.spec.headers.len() + req.headers.len() + 1);
+        headers.extend(self.spec.headers.iter().map(|(k, v)| (k, v)));
+        headers.extend(req.headers.iter().map(|(k, v)| (k, v)));
+        if let Some(a) = &auth {
+            headers.push((&http::header::AUTHORIZATION, a));
+        }
+        let timeout = req.timeout.unwrap_or(self.spec.timeout);
+        let sent = plain.send(
+            &req.method,
+            &url,
+            &headers,
+            req.body.as_ref(),
+            MAX_RESPONSE_BYTES,
+        );
+        match tokio::time::timeout(timeout, sent).await {
+            Err(_) | Ok(Err(Failure::ConnectTimeout)) => {
+                Err(self.error(FailureKind::Timeout, "no answer in time"))
+            }
+            Ok(Ok(r)) => Ok(HttpResponse {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }),
+            Ok(Err(Failure::Connect(t) | Failure::Broken(t))) => {
+                Err(self.error(FailureKind::Connect, &crate::redact::redact(&t)))
+            }
+            Ok(Err(Failure::Protocol(t))) => Err(self.error(FailureKind::Protocol, &t)),
+            Ok(Err(Failure::Request(t))) => Err(self.error(FailureKind::Request, &t)),
+        }
     }
 
     fn error(&self, kind: FailureKind, detail: &str) -> DeliveryError {

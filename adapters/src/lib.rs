@@ -21,6 +21,7 @@
 pub mod amqp;
 pub mod contract;
 pub mod http;
+mod http1;
 pub mod ident;
 pub mod profile;
 pub mod redact;
