@@ -176,7 +176,11 @@ fn run() -> anyhow::Result<()> {
     } else {
         Runtimes {
             load: runtime("loadgen-rt", settings.threads)?,
-            tilts: runtime("tilts-rt", settings.threads)?,
+            tilts: {
+                // tilts serves HTTP connections on threads of its own, as many as the runtimes'.
+                tilts_engine::server::set_http_threads(settings.threads);
+                runtime("tilts-rt", settings.threads)?
+            },
             upstream: runtime("upstream-rt", settings.threads)?,
         }
     };
@@ -364,7 +368,7 @@ fn pin_threads(cpus: usize) -> anyhow::Result<()> {
         let task = task?;
         let tid = task.file_name().to_string_lossy().into_owned();
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let cpu = if comm.starts_with("tilts-rt") {
+        let cpu = if comm.starts_with("tilts") {
             last.to_string()
         } else {
             others.clone()

@@ -5,9 +5,8 @@
 //! it and runs until the shutdown signal.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -642,6 +641,60 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// How long a client may take to send a request's head before its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The threads that serve HTTP connections, set up on first use and kept for the life of the
+/// process: each runs its own single-threaded runtime, and a connection lives on one of them
+/// from accept to close. A sync request is then served start to end on one thread (the
+/// ingress, the route's steps and, for plain-HTTP systems, the outgoing call on that thread's
+/// own pooled connections), so no request wakes another thread; on a shared work-stealing
+/// runtime each request crossed threads several times, and a wake-up across threads is among
+/// the dearest things a request does on a virtual machine. Empty when the threads could not be
+/// started: connections are then served on the caller's runtime.
+fn lanes() -> &'static [tokio::runtime::Handle] {
+    static LANES: OnceLock<Vec<tokio::runtime::Handle>> = OnceLock::new();
+    LANES.get_or_init(|| {
+        let n = HTTP_THREADS
+            .get()
+            .copied()
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(2)
+            .max(1);
+        let mut lanes = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the HTTP threads; serving on the main runtime");
+                    return Vec::new();
+                }
+            };
+            let handle = rt.handle().clone();
+            let started = std::thread::Builder::new()
+                .name(format!("tilts-http-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()));
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the HTTP threads; serving on the main runtime");
+                return Vec::new();
+            }
+            lanes.push(handle);
+        }
+        lanes
+    })
+}
+
+static HTTP_THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sets how many threads serve HTTP connections (default: one per CPU). Takes effect only
+/// before the first [`serve`]; returns whether it did.
+pub fn set_http_threads(n: usize) -> bool {
+    HTTP_THREADS.set(n.max(1)).is_ok() && lanes().len() == n.max(1)
+}
+
 /// Binds and serves until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish for up to `grace`, and returns.
 pub async fn serve(
@@ -652,34 +705,116 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace: Duration = plan.settings.shutdown_grace.0;
     let (router, state) = app(plan, store);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // Dropping `stop_tx` tells every connection to finish its request and close; each
+    // connection holds a clone of `open_rx`, so `open_tx.closed()` resolves when all are gone.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
     let st = state.clone();
     tokio::spawn(async move {
         shutdown.await;
         st.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutdown requested: finishing in-flight requests");
-        let _ = tx.send(());
+        drop(stop_tx);
     });
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = rx.await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        r = &mut server => r,
-        _ = async {
-            while state.ready.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let lanes = lanes();
+    let mut stopping = stop_rx.clone();
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            _ = stopping.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::error!(error = %e, "cannot accept connections");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            tokio::time::sleep(grace).await;
-        } => {
+        };
+        // Answers are written whole; Nagle would only hold back the last segment.
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            router: router.clone(),
+            stop: stop_rx.clone(),
+            open: open_rx.clone(),
+        };
+        next = next.wrapping_add(1);
+        match lanes.get(next % lanes.len().max(1)) {
+            Some(lane) => match stream.into_std() {
+                Ok(stream) => {
+                    lane.spawn(async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => conn.serve(stream).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
+            },
+            None => {
+                tokio::spawn(conn.serve(stream));
+            }
+        }
+    }
+    drop(listener);
+    drop(open_rx);
+    tokio::select! {
+        _ = open_tx.closed() => Ok(()),
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
             Ok(())
         }
     }
+}
+
+/// One accepted connection and what it needs to be served.
+struct Connection {
+    router: Router,
+    stop: tokio::sync::watch::Receiver<()>,
+    /// Held while the connection is open.
+    open: tokio::sync::watch::Receiver<()>,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: tokio::net::TcpStream) {
+        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let mut conn = std::pin::pin!(conn);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = self.stop.changed(), if !stopping => {
+                    // The request in flight is answered; the connection then closes.
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        drop(self.open);
+    }
+}
+
+/// Accept errors that concern one connection only (the client gave up during the handshake).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
