@@ -37,47 +37,9 @@ const MAX_XML_DEPTH: usize = 64;
 /// prefixes (a peer may choose any prefix, so routes must not depend on them) and without
 /// namespace declarations. The exact form is the XML text (`Answer::body`), and
 /// `tilts_adapters::xml` converts losslessly where that matters. Two names that differ only by
-/// prefix become one array.
-pub fn local_names(v: Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = serde_json::Map::with_capacity(m.len());
-            for (k, v) in m {
-                if k == "@xmlns" || k.starts_with("@xmlns:") {
-                    continue;
-                }
-                let key = match k.strip_prefix('@') {
-                    Some(attr) => format!("@{}", local(attr)),
-                    None => local(&k).to_string(),
-                };
-                let v = local_names(v);
-                match out.get_mut(&key) {
-                    None => {
-                        out.insert(key, v);
-                    }
-                    Some(Value::Array(items)) if !key.starts_with('@') => items.push(v),
-                    Some(existing) => {
-                        let first = existing.take();
-                        *existing = Value::Array(vec![first, v]);
-                    }
-                }
-            }
-            // An element left with only its text reads as a string, as the conversion writes it.
-            if out.len() == 1
-                && let Some(Value::String(_)) = out.get("#text")
-            {
-                return out.remove("#text").unwrap_or_default();
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(local_names).collect()),
-        other => other,
-    }
-}
-
-fn local(qname: &str) -> &str {
-    qname.rsplit(':').next().unwrap_or(qname)
-}
+/// prefix become one array. `xml::fragment_to_local_json` and `xml::to_local_json` read XML
+/// straight into this form, in one pass.
+pub use tilts_adapters::xml::local_names;
 
 /// A system's answer to one call.
 #[derive(Debug, Clone)]
@@ -285,9 +247,9 @@ pub fn parse_body(content_type: &str, body: &[u8]) -> Value {
         return v;
     }
     if content_type.contains("xml")
-        && let Ok(v) = xml::to_json(body, &xml_limits())
+        && let Ok(v) = xml::to_local_json(body, &xml_limits())
     {
-        return local_names(v);
+        return v;
     }
     Value::String(String::from_utf8_lossy(body).into_owned())
 }
@@ -333,7 +295,7 @@ async fn soap_call(
         .addressing
         .then(|| Addressing::new(call.action.clone().unwrap_or_default(), Some(url)));
     let payload = soap_payload(req.body.as_ref());
-    let (parsed, status, headers) = post_envelope(
+    let posted = post_envelope(
         call,
         soap.version,
         call.action.as_deref(),
@@ -341,9 +303,10 @@ async fn soap_call(
         header_blocks,
         addressing,
         payload,
+        true,
     )
     .await?;
-    finish(call, parsed, status, headers, Ok)
+    finish(call, posted, Payload::Body)
 }
 
 /// The VISS request service: StartTransaction, then SubmitSync with the transaction id.
@@ -371,7 +334,7 @@ async fn viss(
     // 1. StartTransaction.
     let start = Addressing::new(start_action.clone(), Some(to.clone()));
     let body = profile::start_transaction_body(e_service);
-    let (parsed, status, _) = post_envelope(
+    let Posted { parsed, status, .. } = post_envelope(
         call,
         soap.version,
         Some(start_action),
@@ -379,6 +342,7 @@ async fn viss(
         vec![profile::wsse_timestamp(now, VISS_TIMESTAMP_TTL)],
         Some(start),
         &body,
+        false,
     )
     .await?;
     if let Some(f) = &parsed.fault {
@@ -416,7 +380,7 @@ async fn viss(
     });
     let submit = Addressing::new(submit_action.clone(), Some(to));
     let body = profile::submit_sync_body(soap_payload(req.body.as_ref()));
-    let (parsed, status, headers) = post_envelope(
+    let posted = post_envelope(
         call,
         soap.version,
         Some(submit_action),
@@ -424,14 +388,25 @@ async fn viss(
         vec![header, profile::wsse_timestamp(now, VISS_TIMESTAMP_TTL)],
         Some(submit),
         &body,
+        false,
     )
     .await?;
-    finish(call, parsed, status, headers, |body| {
-        profile::unwrap_submit_sync_response(&body).map_err(|e| e.to_string())
-    })
+    finish(call, posted, Payload::SubmitSync)
 }
 
-/// Builds and posts one envelope; reads the answer as an envelope.
+/// An answer read as an envelope.
+struct Posted {
+    parsed: ParsedEnvelope,
+    /// The Body's content as data (local names), when asked for: read in the same pass as the
+    /// envelope, exactly what `xml::fragment_to_local_json(parsed.body)` gives.
+    data: Option<Result<Value, xml::XmlError>>,
+    status: u16,
+    headers: HeaderMap,
+}
+
+/// Builds and posts one envelope; reads the answer as an envelope, and with `with_data` its
+/// Body's content as data too.
+#[allow(clippy::too_many_arguments)]
 async fn post_envelope(
     call: &Call,
     version: SoapVersion,
@@ -440,7 +415,8 @@ async fn post_envelope(
     header_blocks: Vec<String>,
     addressing: Option<Addressing>,
     body: &str,
-) -> Result<(ParsedEnvelope, u16, HeaderMap), DeliveryError> {
+    with_data: bool,
+) -> Result<Posted, DeliveryError> {
     let envelope = soap::build_envelope(&Envelope {
         version,
         header_blocks,
@@ -464,8 +440,19 @@ async fn post_envelope(
         })
         .await?;
     let status = resp.status;
-    match soap::parse_envelope(&resp.body, MAX_RESPONSE_BYTES, MAX_XML_DEPTH) {
-        Ok(parsed) => Ok((parsed, status, resp.headers)),
+    let read = if with_data {
+        soap::parse_envelope_with_data(&resp.body, MAX_RESPONSE_BYTES, MAX_XML_DEPTH, &xml_limits())
+            .map(|(parsed, data)| (parsed, Some(data)))
+    } else {
+        soap::parse_envelope(&resp.body, MAX_RESPONSE_BYTES, MAX_XML_DEPTH).map(|p| (p, None))
+    };
+    match read {
+        Ok((parsed, data)) => Ok(Posted {
+            parsed,
+            data,
+            status,
+            headers: resp.headers,
+        }),
         Err(e) => {
             // Not an envelope: a gateway error page, say. The status tells more than the body.
             if !(200..300).contains(&status) {
@@ -481,14 +468,22 @@ async fn post_envelope(
     }
 }
 
+/// Where a call's payload is in the answer's Body.
+enum Payload {
+    /// The Body's content itself.
+    Body,
+    /// The VISS SubmitSync result inside the Body.
+    SubmitSync,
+}
+
 /// Applies the call's fault and status rules to a parsed answer.
-fn finish(
-    call: &Call,
-    parsed: ParsedEnvelope,
-    status: u16,
-    headers: HeaderMap,
-    unwrap: impl FnOnce(String) -> Result<String, String>,
-) -> Result<Answer, DeliveryError> {
+fn finish(call: &Call, posted: Posted, payload: Payload) -> Result<Answer, DeliveryError> {
+    let Posted {
+        parsed,
+        data,
+        status,
+        headers,
+    } = posted;
     if let Some(f) = &parsed.fault {
         if !call.accept_faults {
             return Err(f.to_delivery_error(&call.system.name));
@@ -509,25 +504,31 @@ fn finish(
             "a SOAP answer with a status the call does not accept",
         ));
     }
-    let payload = unwrap(parsed.body).map_err(|e| {
-        err(
-            call,
-            FailureKind::Protocol,
-            format!("answer unreadable: {e}"),
-        )
-    })?;
+    let (payload, data) = match payload {
+        // The data was read with the envelope (`post_envelope` asked for it).
+        Payload::Body => (parsed.body, data),
+        Payload::SubmitSync => {
+            let payload = profile::unwrap_submit_sync_response(&parsed.body).map_err(|e| {
+                err(
+                    call,
+                    FailureKind::Protocol,
+                    format!("answer unreadable: {e}"),
+                )
+            })?;
+            (payload, None)
+        }
+    };
     let data = if payload.trim().is_empty() {
         Value::Null
     } else {
-        local_names(
-            xml::fragment_to_json(payload.as_bytes(), &xml_limits()).map_err(|e| {
+        data.unwrap_or_else(|| xml::fragment_to_local_json(payload.as_bytes(), &xml_limits()))
+            .map_err(|e| {
                 err(
                     call,
                     FailureKind::Protocol,
                     format!("the answer's Body is not readable XML: {e}"),
                 )
-            })?,
-        )
+            })?
     };
     Ok(Answer {
         status,
@@ -543,9 +544,9 @@ fn finish(
 fn fault_value(f: &soap::Fault) -> Value {
     let mut v = f.to_json();
     if let Some(d) = &f.detail
-        && let Ok(data) = xml::fragment_to_json(d.as_bytes(), &xml_limits())
+        && let Ok(data) = xml::fragment_to_local_json(d.as_bytes(), &xml_limits())
     {
-        v["detail"] = local_names(data);
+        v["detail"] = data;
     }
     v
 }
@@ -554,6 +555,47 @@ fn fault_value(f: &soap::Fault) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn xml_bodies_are_read_with_local_names() {
+        let xml = br#"<?xml version="1.0"?><pr:R xmlns:pr="urn:pr" pr:v="1"><pr:A>x</pr:A><q:A xmlns:q="urn:q">y</q:A></pr:R>"#;
+        let expected = json!({"R": {"@v": "1", "A": ["x", "y"]}});
+        assert_eq!(parse_body("application/xml", xml), expected);
+        assert_eq!(
+            local_names(xml::to_json(xml, &xml_limits()).unwrap()),
+            expected
+        );
+        assert_eq!(
+            parse_body("text/xml", b"<a>"),
+            json!("<a>"),
+            "unreadable XML is text"
+        );
+        assert_eq!(
+            parse_body("application/json", br#"{"a":1}"#),
+            json!({"a": 1})
+        );
+        assert_eq!(parse_body("application/xml", b""), Value::Null);
+    }
+
+    #[test]
+    fn a_fault_detail_is_read_with_local_names() {
+        let mut fault = soap::Fault {
+            version: SoapVersion::V11,
+            code: soap::FaultCode::Client,
+            subcode: None,
+            reason: "No such person".into(),
+            node: None,
+            role: None,
+            detail: Some(r#"<e:Error xmlns:e="urn:e"><e:Code>404</e:Code></e:Error>"#.into()),
+        };
+        assert_eq!(
+            fault_value(&fault)["detail"],
+            json!({"Error": {"Code": "404"}})
+        );
+        // A detail that is not XML stays as written.
+        fault.detail = Some("not <xml".into());
+        assert_eq!(fault_value(&fault)["detail"], json!("not <xml"));
+    }
 
     #[test]
     fn local_names_drop_prefixes_and_declarations() {

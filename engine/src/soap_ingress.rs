@@ -86,18 +86,20 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let envelope = match soap::parse_envelope(&bytes, limit, MAX_DEPTH) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::info!(route = %route.id, error = %e, "SOAP request refused");
-            return fault(
-                version,
-                FaultCode::Client,
-                "The request is not an acceptable SOAP envelope",
-                &json!({"detail": e.to_string()}),
-            );
-        }
-    };
+    // The Body's request element is read as data in the same pass as the envelope.
+    let (envelope, data) =
+        match soap::parse_envelope_with_data(&bytes, limit, MAX_DEPTH, &xml::Limits::default()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!(route = %route.id, error = %e, "SOAP request refused");
+                return fault(
+                    version,
+                    FaultCode::Client,
+                    "The request is not an acceptable SOAP envelope",
+                    &json!({"detail": e.to_string()}),
+                );
+            }
+        };
     if envelope.version != version || !content_type_fits(version, ct) {
         return fault(
             version,
@@ -109,7 +111,7 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             &Value::Null,
         );
     }
-    let data = match xml::fragment_to_json(envelope.body.as_bytes(), &xml::Limits::default()) {
+    let data = match data {
         Ok(v) => v,
         Err(e) => {
             return fault(
@@ -120,7 +122,6 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             );
         }
     };
-    let data = crate::exchange::local_names(data);
     let operation_ok = data
         .as_object()
         .is_some_and(|o| o.len() == 1 && o.contains_key(&ing.operation));
