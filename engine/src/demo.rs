@@ -401,11 +401,10 @@ fn soap_summary(bytes: &[u8]) -> Value {
                 json!({"title": "SOAP Fault", "detail": format!("{} fault: {}", f.code.name(), f.reason)})
             }
             None => {
-                let data = tilts_adapters::xml::fragment_to_json(
+                let data = tilts_adapters::xml::fragment_to_local_json(
                     env.body.as_bytes(),
                     &tilts_adapters::xml::Limits::default(),
                 )
-                .map(crate::exchange::local_names)
                 .unwrap_or(Value::Null);
                 let p = &data["GetPersonResponse"]["Person"];
                 json!({"givenName": p["GivenName"], "familyName": p["FamilyName"], "status": p["Status"], "soap": true})

@@ -553,16 +553,14 @@ fn parse_request_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<V
             max_bytes: bytes.len().max(1),
             ..Default::default()
         };
-        return tilts_adapters::xml::to_json(bytes, &limits)
-            .map(crate::exchange::local_names)
-            .map_err(|e| {
-                Problem::new(
-                    400,
-                    "malformed-xml",
-                    "The body is not acceptable XML",
-                    e.to_string(),
-                )
-            });
+        return tilts_adapters::xml::to_local_json(bytes, &limits).map_err(|e| {
+            Problem::new(
+                400,
+                "malformed-xml",
+                "The body is not acceptable XML",
+                e.to_string(),
+            )
+        });
     }
     if !(ct.starts_with("application/json") || ct.contains("+json")) {
         return Err(Problem::new(

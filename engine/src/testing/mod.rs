@@ -1042,16 +1042,14 @@ fn data_of(content_type: &str, body: &[u8], soap: bool, viss: bool) -> Result<Va
     if ct.contains("xml") {
         let limits = xml::Limits::default();
         if soap && let Ok(env) = soap::parse_envelope(body, usize::MAX, MAX_XML_DEPTH) {
-            let v = xml::fragment_to_json(env.body.as_bytes(), &limits)
-                .map(crate::exchange::local_names)
+            let v = xml::fragment_to_local_json(env.body.as_bytes(), &limits)
                 .map_err(|e| format!("the SOAP Body is not readable XML: {e}"))?;
             if viss && let Some(payload) = v.pointer("/SubmitSync/request") {
                 return Ok(payload.clone());
             }
             return Ok(v);
         }
-        return xml::to_json(body, &limits)
-            .map(crate::exchange::local_names)
+        return xml::to_local_json(body, &limits)
             .map_err(|e| format!("the body is not readable XML: {e}"));
     }
     Ok(Value::String(String::from_utf8_lossy(body).into_owned()))

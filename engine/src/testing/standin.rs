@@ -261,8 +261,7 @@ fn is_start_transaction(body: &[u8]) -> bool {
     let Ok(env) = soap::parse_envelope(body, MAX_BODY, 64) else {
         return false;
     };
-    xml::fragment_to_json(env.body.as_bytes(), &xml::Limits::default())
-        .map(crate::exchange::local_names)
+    xml::fragment_to_local_json(env.body.as_bytes(), &xml::Limits::default())
         .is_ok_and(|v| v.get("StartTransaction").is_some())
 }
 
