@@ -2467,16 +2467,7 @@ mod tests {
                 })
         }
 
-        fn limits() -> impl Strategy<Value = xml::Limits> {
-            prop_oneof![
-                3 => Just(xml::Limits::default()),
-                1 => (10usize..300, 1usize..4, 0usize..3).prop_map(|(b, d, a)| xml::Limits {
-                    max_bytes: b,
-                    max_depth: d,
-                    max_attributes: a,
-                }),
-            ]
-        }
+        use crate::xml::local_props::limits;
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(1024))]

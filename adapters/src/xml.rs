@@ -2516,7 +2516,7 @@ mod props {
 
 /// The one-pass local form against the reference composition `local_names(lossless form)`.
 #[cfg(test)]
-mod local_props {
+pub(crate) mod local_props {
     use super::*;
     use proptest::prelude::*;
 
@@ -2623,8 +2623,8 @@ mod local_props {
         out
     }
 
-    /// Mostly the default limits, sometimes tight ones.
-    fn limits() -> impl Strategy<Value = Limits> {
+    /// Mostly the default limits, sometimes tight ones (also used by the SOAP tests).
+    pub(crate) fn limits() -> impl Strategy<Value = Limits> {
         prop_oneof![
             3 => Just(Limits::default()),
             1 => (20usize..400, 1usize..6, 0usize..4).prop_map(|(b, d, a)| Limits {
