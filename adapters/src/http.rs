@@ -454,6 +454,41 @@ mod tests {
         assert!(!err.to_string().contains("010190"), "{err}");
     }
 
+    /// Plain-HTTP systems go through the lean client: a redirect is an answer (not followed),
+    /// and static Basic credentials and the system's headers are on the wire.
+    #[tokio::test]
+    async fn plain_http_answers_redirects_as_they_are_and_sends_credentials() {
+        let (url, peer) = crate::http1::tests::raw_peer(vec![
+            b"HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ])
+        .await;
+        let sys = HttpSystem::new(HttpSystemSpec {
+            headers: vec![(
+                HeaderName::from_static("x-client"),
+                HeaderValue::from_static("tilts"),
+            )],
+            auth: Some(HttpAuth::Basic {
+                username: "tilts".into(),
+                password: "s3cret".into(),
+            }),
+            ..spec("plain", url)
+        })
+        .unwrap();
+        assert!(sys.plain.is_some(), "an http:// system without a proxy");
+        let resp = sys.send(get("/cases/1")).await.unwrap();
+        assert_eq!(resp.status, 302);
+        assert_eq!(resp.headers["location"], "/elsewhere");
+        drop(sys);
+        let seen = String::from_utf8(peer.await.unwrap().remove(0)).unwrap();
+        assert!(seen.starts_with("GET /cases/1 HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.contains("\r\nx-client: tilts\r\n"), "{seen}");
+        // base64("tilts:s3cret")
+        assert!(
+            seen.contains("\r\nauthorization: Basic dGlsdHM6czNjcmV0\r\n"),
+            "{seen}"
+        );
+    }
+
     fn spec(name: &str, base_url: String) -> HttpSystemSpec {
         HttpSystemSpec {
             name: name.into(),

@@ -631,13 +631,15 @@ fn proxy_configured(host: &str, env: &dyn Fn(&str) -> Option<String>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
     /// A peer that answers each request on a connection with the next of `answers` (raw bytes),
     /// records what it received, and closes after the last one.
-    async fn raw_peer(answers: Vec<Vec<u8>>) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+    pub(crate) async fn raw_peer(
+        answers: Vec<Vec<u8>>,
+    ) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let h = tokio::spawn(async move {
