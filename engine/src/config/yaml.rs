@@ -72,6 +72,26 @@ impl Located {
     }
 }
 
+/// The first tab in a line's indentation, from line `from` on (else from the start).
+fn tab_in_indentation(text: &str, from: u64) -> Option<Pos> {
+    let tabs: Vec<Pos> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+            let col = line[..indent].find('\t')?;
+            (indent < line.len()).then_some(Pos {
+                line: i as u64 + 1,
+                column: col as u64 + 1,
+            })
+        })
+        .collect();
+    tabs.iter()
+        .find(|p| p.line >= from)
+        .or(tabs.first())
+        .copied()
+}
+
 /// A YAML syntax error with its position.
 #[derive(Debug)]
 pub struct SyntaxError {
@@ -98,10 +118,17 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
             .location()
             .map(Pos::from)
             .unwrap_or(Pos { line: 1, column: 1 });
-        SyntaxError {
-            pos,
-            message: clean_message(&e.without_snippet().to_string()),
+        let message = clean_message(&e.without_snippet().to_string());
+        // The parser reports a tab where the scalar before it ends; point at the tab itself.
+        if message.contains("tab")
+            && let Some(pos) = tab_in_indentation(text, pos.line)
+        {
+            return SyntaxError {
+                pos,
+                message: "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces".into(),
+            };
         }
+        SyntaxError { pos, message }
     })?;
     let mut positions = HashMap::new();
     let mut duplicates = Vec::new();
