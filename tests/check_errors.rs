@@ -602,7 +602,6 @@ fn unclosed_handlebars_tag_is_located_in_the_template_file() {
 }
 
 #[test]
-#[ignore = "checker bug: an unclosed `{{/if}` is located past the tag (5:74, the position handlebars reports) instead of at it"]
 fn unclosed_handlebars_tag_message_says_what_is_missing() {
     let run = check_case("template-unclosed", &[]);
     let head = run.stderr.lines().next().unwrap_or_default();

@@ -160,6 +160,7 @@ impl Mappings {
             .register_template_string(name, source)
             .map_err(|e| {
                 let (line, column) = e.pos().unwrap_or((1, 1));
+                let (line, column) = unclosed_tag(source, line, column).unwrap_or((line, column));
                 TemplateCompileError {
                     line,
                     column,
@@ -220,6 +221,19 @@ fn json_error_class(e: &serde_json::Error) -> &'static str {
         Category::Data => "invalid data",
         Category::Io => "i/o error",
     }
+}
+
+/// The parser reports an unclosed tag where it gave up (often past the end of the line); the
+/// integrator needs the `{{` that was never closed. Returns the last `{{` on the reported line
+/// before the reported column with no `}}` after it on that line, as (line, column), 1-based.
+fn unclosed_tag(source: &str, line: usize, column: usize) -> Option<(usize, usize)> {
+    let text = source.lines().nth(line.checked_sub(1)?)?;
+    let before: String = text.chars().take(column.saturating_sub(1)).collect();
+    let open = before.rfind("{{")?;
+    if text[open..].contains("}}") {
+        return None;
+    }
+    Some((line, before[..open].chars().count() + 1))
 }
 
 fn template_reason(e: &handlebars::TemplateError) -> String {
@@ -444,6 +458,16 @@ pub fn escape_url(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unclosed_tag_is_located_at_its_opening() {
+        use super::unclosed_tag;
+        // Counted in characters: 'ā' is one column.
+        assert_eq!(unclosed_tag("x\n\"ā\": {{/if}", 2, 14), Some((2, 6)));
+        // The tag before the column is closed: nothing better to say.
+        assert_eq!(unclosed_tag("{{a}} b", 1, 7), None);
+        assert_eq!(unclosed_tag("one line", 3, 1), None);
+    }
+
     use super::*;
     use serde_json::json;
 
