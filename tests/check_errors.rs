@@ -651,7 +651,6 @@ fn tab_indentation_is_reported_on_the_tab_line() {
 }
 
 #[test]
-#[ignore = "checker bug: only the first serde error of a route is reported (the route is skipped after it), so a second problem in the same route is hidden"]
 fn two_problems_in_one_route_are_both_reported() {
     assert_case(
         "two-problems-one-route",

@@ -250,9 +250,61 @@ impl Checker {
     }
 
     /// Deserializes the node at `pointer` into `T`, reporting serde's complaint at its place.
+    ///
+    /// serde stops at the first problem; to report the others in the same node too, the node
+    /// is deserialized again without the offending part (an unknown field, or a value of the
+    /// wrong shape in a mapping) until it passes or nothing more can be taken out. A problem at
+    /// or around a part taken out is an artefact of the removal and ends the search.
     fn typed<T: DeserializeOwned>(&mut self, pointer: &str, value: &Value) -> Option<T> {
+        let mut work = value.clone();
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..MAX_PROBLEMS_PER_NODE {
+            let (ptr, msg) = match self.typed_once::<T>(pointer, &work) {
+                Ok(t) if removed.is_empty() => return Some(t),
+                Ok(_) => return None,
+                Err(problem) => problem,
+            };
+            let relative = ptr.strip_prefix(pointer).unwrap_or_default().to_string();
+            if removed
+                .iter()
+                .any(|r| r == &relative || r.starts_with(&format!("{relative}/")))
+            {
+                // A problem around what was taken out (a required field now missing, a step
+                // left without its one key) is an artefact of the removal: stop here.
+                return None;
+            }
+            if !self.is_bad(&ptr) {
+                self.serde_diag(&ptr, &msg);
+            }
+            // What to take out before trying again.
+            let target = match msg
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
+                Some(field)
+                    if !relative.ends_with(&format!("/{}", yaml::escape_pointer(field))) =>
+                {
+                    format!("{relative}/{}", yaml::escape_pointer(field))
+                }
+                Some(_) => relative,
+                None => relative,
+            };
+            if !remove_key(&mut work, &target) {
+                return None;
+            }
+            removed.push(target);
+        }
+        None
+    }
+
+    /// One deserialization; the problem as (pointer, serde's message).
+    fn typed_once<T: DeserializeOwned>(
+        &self,
+        pointer: &str,
+        value: &Value,
+    ) -> Result<T, (String, String)> {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => Some(t),
+            Ok(t) => Ok(t),
             Err(e) => {
                 let mut ptr = pointer.to_string();
                 for seg in e.path().iter() {
@@ -270,12 +322,7 @@ impl Checker {
                         Segment::Unknown => {}
                     }
                 }
-                if self.is_bad(&ptr) {
-                    return None;
-                }
-                let msg = e.inner().to_string();
-                self.serde_diag(&ptr, &msg);
-                None
+                Err((ptr, e.inner().to_string()))
             }
         }
     }
@@ -2397,4 +2444,20 @@ fn normalize_path(path: &str) -> String {
         .map(|s| if s.starts_with('{') { "{}" } else { s })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Most problems reported in one route or system before the checker gives up on it.
+const MAX_PROBLEMS_PER_NODE: usize = 16;
+
+/// Removes the mapping entry at `pointer` (relative, `/a/b`) from `v`; false when there is no
+/// such entry or it is not in a mapping (removing from a list would renumber the rest).
+fn remove_key(v: &mut Value, pointer: &str) -> bool {
+    let Some((parent, key)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let key = key.replace("~1", "/").replace("~0", "~");
+    match v.pointer_mut(parent) {
+        Some(Value::Object(m)) => m.remove(&key).is_some(),
+        _ => false,
+    }
 }
