@@ -197,14 +197,9 @@ impl HttpSystem {
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
-        builder = match (token, &self.spec.auth) {
-            (Some(token), _) => builder.bearer_auth(token),
-            (None, Some(HttpAuth::Bearer(token))) => builder.bearer_auth(token),
-            (None, Some(HttpAuth::Basic { username, password })) => {
-                builder.basic_auth(username, Some(password))
-            }
-            (None, None) => builder,
-        };
+        if let Some(auth) = self.authorization(token)? {
+            builder = builder.header(http::header::AUTHORIZATION, auth);
+        }
         if let Some(body) = &req.body {
             // Bytes clone is a reference count, not a copy.
             builder = builder.body(body.clone());
@@ -244,32 +239,7 @@ impl HttpSystem {
         token: Option<&str>,
     ) -> Result<HttpResponse, DeliveryError> {
         let url = self.url_for(&req.path);
-        let auth = match (token, &self.spec.auth) {
-            (Some(token), _) => Some(format!("Bearer {token}")),
-            (None, Some(HttpAuth::Bearer(token))) => Some(format!("Bearer {token}")),
-            (None, Some(HttpAuth::Basic { username, password })) => {
-                use base64::Engine as _;
-                let pair = format!("{username}:{password}");
-                Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ))
-            }
-            (None, None) => None,
-        };
-        let auth = match auth.map(|a| HeaderValue::from_str(&a)) {
-            None => None,
-            Some(Ok(mut v)) => {
-                v.set_sensitive(true);
-                Some(v)
-            }
-            Some(Err(_)) => {
-                return Err(self.error(
-                    FailureKind::Request,
-                    "the credentials cannot be sent in an Authorization header",
-                ));
-            }
-        };
+        let auth = self.authorization(token)?;
         let mut headers = Vec::with_capacity(self.spec.headers.len() + req.headers.len() + 1);
         headers.extend(self.spec.headers.iter().map(|(k, v)| (k, v)));
         headers.extend(req.headers.iter().map(|(k, v)| (k, v)));
@@ -298,6 +268,35 @@ impl HttpSystem {
             }
             Ok(Err(Failure::Protocol(t))) => Err(self.error(FailureKind::Protocol, &t)),
             Ok(Err(Failure::Request(t))) => Err(self.error(FailureKind::Request, &t)),
+        }
+    }
+
+    /// The `Authorization` header of a request: the bearer token when there is one, else the
+    /// system's static credentials (sensitive: never printed).
+    fn authorization(&self, token: Option<&str>) -> Result<Option<HeaderValue>, DeliveryError> {
+        let auth = match (token, &self.spec.auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, Some(HttpAuth::Bearer(token))) => Some(format!("Bearer {token}")),
+            (None, Some(HttpAuth::Basic { username, password })) => {
+                use base64::Engine as _;
+                let pair = format!("{username}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            (None, None) => None,
+        };
+        match auth.map(|a| HeaderValue::from_str(&a)) {
+            None => Ok(None),
+            Some(Ok(mut v)) => {
+                v.set_sensitive(true);
+                Ok(Some(v))
+            }
+            Some(Err(_)) => Err(self.error(
+                FailureKind::Request,
+                "the credentials cannot be sent in an Authorization header",
+            )),
         }
     }
 
