@@ -144,16 +144,14 @@ impl PlainHttp {
         max_body: usize,
     ) -> Result<Reply, Failure> {
         let target = self.target(url)?;
-        let head = self.head(method, &target, headers, body);
-        let inline = body.is_some_and(|b| b.len() <= INLINE_BODY_BYTES);
-        let mut first = Vec::new();
-        let (write_first, rest): (&[u8], Option<&Bytes>) = if inline {
-            first.reserve(head.len() + body.map_or(0, Bytes::len));
-            first.extend_from_slice(&head);
-            first.extend_from_slice(body.map_or(&[][..], |b| &b[..]));
-            (&first, None)
-        } else {
-            (&head, body)
+        let mut head = self.head(method, &target, headers, body);
+        // A small body goes in the same write as the head.
+        let rest = match body {
+            Some(b) if b.len() <= INLINE_BODY_BYTES => {
+                head.extend_from_slice(b);
+                None
+            }
+            other => other,
         };
         let replayable = matches!(
             *method,
@@ -171,7 +169,7 @@ impl PlainHttp {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            match exchange(&mut conn, write_first, rest, no_body, max_body).await {
+            match exchange(&mut conn, &head, rest, no_body, max_body).await {
                 Ok((reply, keep)) => {
                     if keep {
                         self.checkin(conn);
@@ -207,7 +205,7 @@ impl PlainHttp {
         headers: &[(&HeaderName, &HeaderValue)],
         body: Option<&Bytes>,
     ) -> Vec<u8> {
-        let mut h = Vec::with_capacity(256);
+        let mut h = Vec::with_capacity(256 + body.map_or(0, |b| b.len().min(INLINE_BODY_BYTES)));
         h.extend_from_slice(method.as_str().as_bytes());
         h.push(b' ');
         h.extend_from_slice(target.as_bytes());
