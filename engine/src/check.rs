@@ -286,8 +286,7 @@ impl Checker {
                 {
                     format!("{relative}/{}", yaml::escape_pointer(field))
                 }
-                Some(_) => relative,
-                None => relative,
+                _ => relative,
             };
             if !remove_key(&mut work, &target) {
                 return None;

@@ -458,18 +458,17 @@ pub fn escape_url(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
     #[test]
     fn an_unclosed_tag_is_located_at_its_opening() {
-        use super::unclosed_tag;
         // Counted in characters: 'ā' is one column.
         assert_eq!(unclosed_tag("x\n\"ā\": {{/if}", 2, 14), Some((2, 6)));
         // The tag before the column is closed: nothing better to say.
         assert_eq!(unclosed_tag("{{a}} b", 1, 7), None);
         assert_eq!(unclosed_tag("one line", 3, 1), None);
     }
-
-    use super::*;
-    use serde_json::json;
 
     fn render(format: Format, src: &str, data: Value) -> Result<Rendered, MappingError> {
         let mut m = Mappings::new();
