@@ -35,6 +35,7 @@ pub mod runtime;
 pub mod schema;
 pub mod server;
 pub mod service;
+mod simple_template;
 pub mod soap_ingress;
 pub mod store;
 pub mod testing;

@@ -6,6 +6,8 @@
 //! (percent-encoding). The format comes from the file name: `*.json.hbs`, `*.xml.hbs`, anything
 //! else is text. Strict mode makes a missing field an error instead of an empty string.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use handlebars::{
@@ -14,6 +16,8 @@ use handlebars::{
 };
 use serde_json::Value;
 use tilts_adapters::ident;
+
+use crate::simple_template::Simple;
 
 /// Output format of a template, which decides its escaping and how its output is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +93,9 @@ pub struct Mappings {
     xml: Handlebars<'static>,
     text: Handlebars<'static>,
     url: Handlebars<'static>,
+    /// The templates that render without Handlebars (see [`crate::simple_template`]), per
+    /// format in the order json, xml, text, url.
+    simple: [HashMap<String, Simple>; 4],
 }
 
 impl std::fmt::Debug for Mappings {
@@ -123,10 +130,15 @@ impl Mappings {
             xml: registry(escape_xml),
             text: registry(|s| s.to_string()),
             url: registry(escape_url),
+            simple: Default::default(),
         }
     }
 
-    fn reg(&self, f: Format) -> &Handlebars<'static> {
+    fn simple(&self, t: &TemplateRef) -> Option<&Simple> {
+        self.simple[t.format as usize].get(&t.name)
+    }
+
+    pub(crate) fn reg(&self, f: Format) -> &Handlebars<'static> {
         match f {
             Format::Json => &self.json,
             Format::Xml => &self.xml,
@@ -156,6 +168,7 @@ impl Mappings {
         name: &str,
         source: &str,
     ) -> Result<TemplateRef, TemplateCompileError> {
+        self.simple[format as usize].remove(name);
         self.reg_mut(format)
             .register_template_string(name, source)
             .map_err(|e| {
@@ -167,6 +180,13 @@ impl Mappings {
                     message: template_reason(&e),
                 }
             })?;
+        let reg = self.reg(format);
+        if let Some(simple) = reg
+            .get_template(name)
+            .and_then(|t| Simple::compile(t, &|n| names_helper(reg, n)))
+        {
+            self.simple[format as usize].insert(name.to_string(), simple);
+        }
         Ok(TemplateRef {
             format,
             name: name.to_string(),
@@ -187,29 +207,100 @@ impl Mappings {
     pub fn render(&self, t: &TemplateRef, ctx: &Context) -> Result<Rendered, MappingError> {
         let text = self.render_string(t, ctx)?;
         match t.format {
-            Format::Json => serde_json::from_str(&text).map(Rendered::Json).map_err(|e| {
-                MappingError {
-                    message: format!(
-                        "template {} did not produce valid JSON (output line {}, column {}: {}); use {{{{json value}}}} to embed non-string values",
-                        t.name,
-                        e.line(),
-                        e.column(),
-                        json_error_class(&e)
-                    ),
-                }
-            }),
+            Format::Json => serde_json::from_str(&text)
+                .map(Rendered::Json)
+                .map_err(|e| invalid_json(t, &e)),
             _ => Ok(Rendered::Text(text)),
+        }
+    }
+
+    /// Renders a template as a message body: JSON output checked and written compactly (as
+    /// [`Mappings::render`] then serializing would, without building the data in between),
+    /// anything else as it is.
+    pub fn render_body(&self, t: &TemplateRef, ctx: &Context) -> Result<String, MappingError> {
+        let text = self.render_string(t, ctx)?;
+        match t.format {
+            Format::Json => {
+                serde_json::from_str::<serde::de::IgnoredAny>(&text)
+                    .map_err(|e| invalid_json(t, &e))?;
+                Ok(compact_json(text))
+            }
+            _ => Ok(text),
         }
     }
 
     /// Renders a template to text without interpreting the output.
     pub fn render_string(&self, t: &TemplateRef, ctx: &Context) -> Result<String, MappingError> {
+        if let Some(out) = self.simple(t).and_then(|s| s.render(ctx.data(), t.format)) {
+            return Ok(out);
+        }
         self.reg(t.format)
             .render_with_context(&t.name, ctx)
             .map_err(|e| MappingError {
                 message: render_error_text(&t.name, &e),
             })
     }
+}
+
+fn invalid_json(t: &TemplateRef, e: &serde_json::Error) -> MappingError {
+    MappingError {
+        message: format!(
+            "template {} did not produce valid JSON (output line {}, column {}: {}); use {{{{json value}}}} to embed non-string values",
+            t.name,
+            e.line(),
+            e.column(),
+            json_error_class(e)
+        ),
+    }
+}
+
+/// Valid JSON text without the whitespace between tokens.
+fn compact_json(text: String) -> String {
+    let ws = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    if !text.bytes().any(ws) {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !ws(b) {
+            out.push(b);
+        }
+    }
+    // Only ASCII whitespace outside strings was dropped: still UTF-8.
+    String::from_utf8(out).unwrap_or(text)
+}
+
+/// Whether `{{expr}}` calls a helper in `reg` rather than reading the field of that name:
+/// rendered against an object whose field of that name holds a marker, a field read gives
+/// the marker back.
+pub(crate) fn names_helper(reg: &Handlebars<'_>, expr: &str) -> bool {
+    const MARK: &str = "tiltsfieldprobe";
+    let Ok(path) = handlebars::Path::parse(expr) else {
+        return true;
+    };
+    let field = match &path {
+        handlebars::Path::Relative((segs, _)) => match segs.as_slice() {
+            [handlebars::PathSeg::Named(n)] => n.clone(),
+            _ => return true,
+        },
+        _ => return true,
+    };
+    let data = serde_json::json!({ field: MARK });
+    reg.render_template(&format!("{{{{{expr}}}}}"), &data)
+        .map_or(true, |out| out != MARK)
 }
 
 /// serde_json's error text without the part that quotes input.
@@ -250,7 +341,7 @@ fn template_reason(e: &handlebars::TemplateError) -> String {
     }
 }
 
-fn render_error_text(name: &str, e: &RenderError) -> String {
+pub(crate) fn render_error_text(name: &str, e: &RenderError) -> String {
     let at = match (e.line_no, e.column_no) {
         (Some(l), Some(c)) => format!(" at {l}:{c}"),
         _ => String::new(),
@@ -409,51 +500,79 @@ handlebars_helper!(trim: |value: str| value.trim().to_string());
 /// Escapes text for the inside of a JSON string literal.
 pub fn escape_json(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
+    escape_json_into(s, &mut out);
     out
+}
+
+/// [`escape_json`] appending to `out`.
+pub fn escape_json_into(s: &str, out: &mut String) {
+    // Runs of characters that need no escape are copied at once.
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
 }
 
 /// Escapes text for XML character data and attribute values.
 pub fn escape_xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Characters XML 1.0 does not allow at all are dropped rather than sent.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => out.push(c),
-        }
-    }
+    escape_xml_into(s, &mut out);
     out
+}
+
+/// [`escape_xml`] appending to `out`.
+pub fn escape_xml_into(s: &str, out: &mut String) {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            '"' => "&quot;",
+            '\'' => "&apos;",
+            // Characters XML 1.0 does not allow at all are dropped rather than sent.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(esc);
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn escape_url(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    escape_url_into(s, &mut out);
+    out
+}
+
+/// [`escape_url`] appending to `out`.
+pub fn escape_url_into(s: &str, out: &mut String) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -488,6 +607,25 @@ mod tests {
         assert_eq!(out["name"], "A \"quoted\" \\ name\n<&>");
         assert_eq!(out["n"], 3);
         assert_eq!(out["o"], json!({"a": [1, null]}));
+    }
+
+    #[test]
+    fn a_json_body_is_checked_and_written_compactly() {
+        let mut m = Mappings::new();
+        let src = "{\n  \"a\": \"{{body.s}}\",\n  \"n\": [ 1, 2.5e3 ],\t\"o\": { }\r\n}\n";
+        let t = m.add(Format::Json, "t", src).unwrap();
+        let ctx = Context::from(json!({"body": {"s": "x  \"y\" \\ \n z"}}));
+        let body = m.render_body(&t, &ctx).unwrap();
+        // Whitespace inside strings (and after escaped quotes and backslashes) stays.
+        assert_eq!(body, r#"{"a":"x  \"y\" \\ \n z","n":[1,2.5e3],"o":{}}"#);
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed, m.render(&t, &ctx).unwrap().into_value());
+        // Output that is not JSON is the same error as for `render`.
+        let bad = m.add(Format::Json, "bad", "{\"a\": {{body.s}}}").unwrap();
+        let err = m.render_body(&bad, &ctx).unwrap_err().message;
+        assert!(err.contains("did not produce valid JSON"), "{err}");
+        assert!(!err.contains("x  "), "the error quotes no data: {err}");
+        assert_eq!(err, m.render(&bad, &ctx).unwrap_err().message);
     }
 
     #[test]

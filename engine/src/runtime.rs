@@ -18,7 +18,7 @@ use tilts_adapters::profile::UserId;
 use tilts_adapters::xml;
 
 use crate::exchange::{self, Answer};
-use crate::mapping::{Format, MappingError, Rendered};
+use crate::mapping::{MappingError, Rendered};
 use crate::plan::{Call, Plan, Respond, Route, Step};
 use crate::schema::Violation;
 
@@ -265,6 +265,21 @@ impl<'a> Exchange<'a> {
             })
     }
 
+    fn render_body(
+        &self,
+        label: &str,
+        t: &crate::mapping::TemplateRef,
+        ctx: &Context,
+    ) -> Result<String, RouteError> {
+        self.plan
+            .mappings
+            .render_body(t, ctx)
+            .map_err(|error| RouteError::Mapping {
+                label: label.to_string(),
+                error,
+            })
+    }
+
     fn render_headers(
         &self,
         label: &str,
@@ -295,15 +310,12 @@ impl<'a> Exchange<'a> {
 
     fn respond(&self, r: &Respond, label: &str, ctx: &Context) -> Result<Reply, RouteError> {
         let mut reply = match &r.body {
-            Some(t) => {
-                let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
-                Reply {
-                    status: r.status,
-                    content_type: ct.to_string(),
-                    headers: Vec::new(),
-                    body,
-                }
-            }
+            Some(t) => Reply {
+                status: r.status,
+                content_type: t.format.content_type().to_string(),
+                headers: Vec::new(),
+                body: Bytes::from(self.render_body(label, t, ctx)?),
+            },
             None => json_reply(r.status, &ctx.data()["payload"]),
         };
         reply.headers = self.render_headers(label, &r.headers, ctx)?;
@@ -393,9 +405,12 @@ impl<'a> Exchange<'a> {
         } else {
             match &call.body {
                 Some(t) => {
-                    let (ct, body) = encode(self.render(label, t, ctx)?, t.format);
-                    headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static(ct)));
-                    Some(body)
+                    let body = self.render_body(label, t, ctx)?;
+                    headers.push((
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static(t.format.content_type()),
+                    ));
+                    Some(Bytes::from(body))
                 }
                 None if call.method == Method::GET || call.method == Method::DELETE => None,
                 None => {
@@ -621,16 +636,5 @@ pub async fn deliver(
 fn set(ctx: &mut Context, key: &str, v: Value) {
     if let Some(obj) = ctx.data_mut().as_object_mut() {
         obj.insert(key.to_string(), v);
-    }
-}
-
-/// Encodes a rendered template as a body with its content type.
-fn encode(r: Rendered, format: Format) -> (&'static str, Bytes) {
-    match r {
-        Rendered::Json(v) => (
-            "application/json",
-            Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
-        ),
-        Rendered::Text(s) => (format.content_type(), Bytes::from(s)),
     }
 }
