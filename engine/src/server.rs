@@ -155,15 +155,9 @@ async fn readiness(st: &AppState) -> Response {
 
 pub(crate) async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
     let started = Instant::now();
-    // Queued messages get their store id (UUIDv7) here, so `{{message.id}}` in templates is
-    // the id delivered as X-Tilts-Message-Id.
-    let message_id = if route.delivery == Delivery::Queued {
-        MessageId::new().to_string()
-    } else {
-        uuid::Uuid::new_v4().to_string()
-    };
+    let message_id = new_message_id(&route);
     let plan = &state.plan;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let limit = plan.settings.body_limit.0;
 
     if let Some(len) = parts
@@ -216,6 +210,32 @@ pub(crate) async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request
             );
         }
     };
+    run_request(state, route, parts, body, bytes, message_id, started).await
+}
+
+/// A new message's id. Queued messages get their store id (UUIDv7) here, so `{{message.id}}`
+/// in templates is the id delivered as X-Tilts-Message-Id.
+pub(crate) fn new_message_id(route: &Route) -> String {
+    if route.delivery == Delivery::Queued {
+        MessageId::new().to_string()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+/// Runs a route on a request whose body is read as data already; `raw` is the body as it is
+/// stored with a queued message.
+pub(crate) async fn run_request(
+    state: Arc<AppState>,
+    route: Arc<Route>,
+    mut parts: http::request::Parts,
+    body: Value,
+    raw: bytes::Bytes,
+    message_id: String,
+    started: Instant,
+) -> Response {
+    let plan = &state.plan;
+    let bytes = raw;
     let params = path_params(&mut parts).await;
     let query = parts
         .uri

@@ -22,15 +22,16 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tilts_adapters::soap::{self, FaultCode, SoapVersion};
 use tilts_adapters::xml;
 
+use crate::config::types::Delivery;
 use crate::mapping::escape_xml;
 use crate::plan::{Ingress, Route, SoapIngress};
 use crate::server::AppState;
@@ -66,6 +67,7 @@ fn ingress(route: &Route) -> &SoapIngress {
 }
 
 async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let ing = ingress(&route);
     let version = ing.version;
     let limit = state.plan.settings.body_limit.0 as usize;
@@ -133,22 +135,17 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
             &json!({"detail": format!("send one {} element in the Body", ing.operation)}),
         );
     }
-    // The route runs on the request as data, exactly like a JSON request.
-    let mut inner = Request::builder()
-        .method(http::Method::POST)
-        .uri(parts.uri.clone())
-        .body(Body::from(serde_json::to_vec(&data).unwrap_or_default()))
-        .unwrap_or_default();
-    for (k, v) in &parts.headers {
-        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            inner.headers_mut().append(k.clone(), v.clone());
-        }
-    }
-    inner.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let resp = crate::server::handle(state, route.clone(), inner).await;
+    // The route runs on the request as data, exactly like a JSON request; a queued message
+    // keeps that data as its original body.
+    let raw = if route.delivery == Delivery::Queued || route.fallback_queue {
+        Bytes::from(serde_json::to_vec(&data).unwrap_or_default())
+    } else {
+        Bytes::new()
+    };
+    let message_id = crate::server::new_message_id(&route);
+    let resp =
+        crate::server::run_request(state, route.clone(), parts, data, raw, message_id, started)
+            .await;
     wrap(&route, ing, resp).await
 }
 
