@@ -234,6 +234,15 @@ const CASES: &[Case] = &[
         diagnostics: &["@/routes.yaml:24:20: error in route company-lookup › steps[1].call.timeout: '5 sec' has an unknown unit 'sec': write a number and a unit: 250ms, 5s, 2m, 1h or 1d"],
     },
     Case {
+        dir: "server-limits",
+        env: &[],
+        diagnostics: &[
+            "@/routes.yaml:5:19: error in server.header_timeout: `header_timeout` must be at least 1s",
+            "@/routes.yaml:6:17: error in server.http_threads: `http_threads` must be between 1 and 1024
+  help: leave it out for one thread per CPU",
+        ],
+    },
+    Case {
         dir: "invalid-owner",
         env: &[],
         diagnostics: &["@/routes.yaml:13:12: error in route company-lookup › owner: `owner` must be the owning institution's Enterprise Register number: the check digit of the Enterprise Register number does not match

@@ -921,3 +921,50 @@ async fn address_lookup_is_mapped_and_path_parameters_stay_in_their_segment() {
         .unwrap_or_else(|| panic!("{}", asked[0].path));
     assert!(!rest.contains('/'), "{}", asked[0].path);
 }
+
+/// `server.header_timeout` closes the connection of a client that sends its request head too
+/// slowly (slow-loris), and `server.http_threads` sets how many threads serve connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_http_threads_are_as_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sims = sims().await;
+    let config = shipped_with(&[(
+        "route_timeout: 30s",
+        "route_timeout: 30s\n  header_timeout: 1s\n  http_threads: 3",
+    )]);
+    let tilts = Tilts::start(&config.path, &sims, "info").await;
+
+    // A head that never ends: the default (30s) would keep the connection far longer.
+    let mut slow = tokio::net::TcpStream::connect(tilts.addr).await.unwrap();
+    slow.write_all(b"POST /v1/applications HTTP/1.1\r\nHost: tilts\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            // hyper may answer before closing; read on until the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the slow connection was still open after 10 s");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after {elapsed:?}, before the timeout"
+    );
+
+    // Clients that send their requests normally are served as before.
+    let a = get(&client(), &tilts.url("/healthz")).await;
+    assert_eq!(a.status, 200);
+
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", tilts.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("tilts-http-"))
+        .collect();
+    assert_eq!(threads.len(), 3, "HTTP threads: {threads:?}");
+}

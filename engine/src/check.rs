@@ -551,6 +551,20 @@ impl Checker {
                 None,
             );
         }
+        if s.header_timeout.0 < Duration::from_secs(1) {
+            self.push(
+                "/server/header_timeout",
+                "`header_timeout` must be at least 1s",
+                None,
+            );
+        }
+        if s.http_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+            self.push(
+                "/server/http_threads",
+                "`http_threads` must be between 1 and 1024",
+                Some("leave it out for one thread per CPU".into()),
+            );
+        }
         self.lease = s.lease.0;
         if s.lease.0 < Duration::from_secs(1) {
             self.push("/server/lease", "`lease` must be at least 1s", None);

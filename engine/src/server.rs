@@ -659,9 +659,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// How long a client may take to send a request's head before its connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The threads that serve HTTP connections, set up on first use and kept for the life of the
 /// process: each runs its own single-threaded runtime, and a connection lives on one of them
 /// from accept to close. A sync request is then served start to end on one thread (the
@@ -707,10 +704,13 @@ fn lanes() -> &'static [tokio::runtime::Handle] {
 
 static HTTP_THREADS: OnceLock<usize> = OnceLock::new();
 
-/// Sets how many threads serve HTTP connections (default: one per CPU). Takes effect only
-/// before the first [`serve`]; returns whether it did.
+/// Sets how many threads serve HTTP connections (default: one per CPU; `server.http_threads`).
+/// Takes effect only before the first [`serve`] of the process; returns whether the threads
+/// are that many.
 pub fn set_http_threads(n: usize) -> bool {
-    HTTP_THREADS.set(n.max(1)).is_ok() && lanes().len() == n.max(1)
+    // Already set (an earlier call): the threads are what that call asked for.
+    let _ = HTTP_THREADS.set(n.max(1));
+    lanes().len() == n.max(1)
 }
 
 /// Binds and serves until `shutdown` resolves, then stops accepting, lets in-flight requests
@@ -722,6 +722,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace: Duration = plan.settings.shutdown_grace.0;
+    let header_timeout: Duration = plan.settings.header_timeout.0;
+    if let Some(n) = plan.settings.http_threads
+        && !set_http_threads(n as usize)
+    {
+        // The threads live as long as the process: a second server in it shares them.
+        tracing::warn!(
+            http_threads = n,
+            running = lanes().len(),
+            "server.http_threads applies to the first server of a process only"
+        );
+    }
     let (router, state) = app(plan, store);
     // Dropping `stop_tx` tells every connection to finish its request and close; each
     // connection holds a clone of `open_rx`, so `open_tx.closed()` resolves when all are gone.
@@ -758,6 +769,7 @@ pub async fn serve(
             router: router.clone(),
             stop: stop_rx.clone(),
             open: open_rx.clone(),
+            header_timeout,
         };
         next = next.wrapping_add(1);
         match lanes.get(next % lanes.len().max(1)) {
@@ -794,6 +806,8 @@ struct Connection {
     stop: tokio::sync::watch::Receiver<()>,
     /// Held while the connection is open.
     open: tokio::sync::watch::Receiver<()>,
+    /// How long the client may take to send a request's head (`server.header_timeout`).
+    header_timeout: Duration,
 }
 
 impl Connection {
@@ -802,7 +816,7 @@ impl Connection {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(self.header_timeout);
         let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);
         let mut stopping = false;

@@ -49,6 +49,15 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after SIGTERM. Default `30s`.
     #[serde(default = "default_route_timeout")]
     pub shutdown_grace: Dur,
+    /// How long a client may take to send a request's head (request line and headers); a
+    /// slower one has its connection closed, so slow clients cannot hold connections open.
+    /// Default `30s`.
+    #[serde(default = "default_route_timeout")]
+    pub header_timeout: Dur,
+    /// Threads that serve HTTP connections (each connection stays on one). Default: one per
+    /// CPU. Fewer leave more of the machine to other processes.
+    #[serde(default)]
+    pub http_threads: Option<u32>,
     /// Where tilts keeps queued messages: `sqlite://path/to/file.db` (the embedded default,
     /// `sqlite://tilts-data/tilts.db`, relative to the working directory) or
     /// `postgres://user@host/db` (production; several tilts processes share its work).
@@ -96,6 +105,8 @@ impl Default for ServerSettings {
             mappings: default_mappings(),
             route_timeout: default_route_timeout(),
             shutdown_grace: default_route_timeout(),
+            header_timeout: default_route_timeout(),
+            http_threads: None,
             database: default_database(),
             admin_listen: default_admin_listen(),
             workers: default_workers(),
