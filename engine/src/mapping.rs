@@ -506,25 +506,38 @@ pub fn escape_json(s: &str) -> String {
 
 /// [`escape_json`] appending to `out`.
 pub fn escape_json_into(s: &str, out: &mut String) {
-    // Runs of characters that need no escape are copied at once.
+    escape_runs(
+        s,
+        out,
+        |c| matches!(c, '"' | '\\' | '\u{2028}' | '\u{2029}') || (c as u32) < 0x20,
+        |c, out| match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+        },
+    );
+}
+
+/// Copies `s` to `out`, the runs of characters that need no escape at once and the others
+/// through `escape`.
+fn escape_runs(
+    s: &str,
+    out: &mut String,
+    needs_escape: impl Fn(char) -> bool,
+    escape: impl Fn(char, &mut String),
+) {
     let mut start = 0;
     for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
-        } else {
-            out.push_str(esc);
+        if needs_escape(c) {
+            out.push_str(&s[start..i]);
+            escape(c, out);
+            start = i + c.len_utf8();
         }
-        start = i + c.len_utf8();
     }
     out.push_str(&s[start..]);
 }
@@ -538,23 +551,23 @@ pub fn escape_xml(s: &str) -> String {
 
 /// [`escape_xml`] appending to `out`.
 pub fn escape_xml_into(s: &str, out: &mut String) {
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '&' => "&amp;",
-            '<' => "&lt;",
-            '>' => "&gt;",
-            '"' => "&quot;",
-            '\'' => "&apos;",
+    escape_runs(
+        s,
+        out,
+        |c| {
+            matches!(c, '&' | '<' | '>' | '"' | '\'')
+                || ((c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r'))
+        },
+        |c, out| match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
             // Characters XML 1.0 does not allow at all are dropped rather than sent.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        out.push_str(esc);
-        start = i + c.len_utf8();
-    }
-    out.push_str(&s[start..]);
+            _ => {}
+        },
+    );
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -626,6 +639,29 @@ mod tests {
         assert!(err.contains("did not produce valid JSON"), "{err}");
         assert!(!err.contains("x  "), "the error quotes no data: {err}");
         assert_eq!(err, m.render(&bad, &ctx).unwrap_err().message);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaped_text_reads_back_as_the_original(s in "(?s).{0,40}") {
+            // JSON: inside quotes, any text parses back to itself.
+            let json: String = serde_json::from_str(&format!("\"{}\"", escape_json(&s))).unwrap();
+            proptest::prop_assert_eq!(&json, &s);
+            // XML: the entities read back; characters XML cannot carry are dropped.
+            let xml = escape_xml(&s);
+            proptest::prop_assert!(!xml.contains(['<', '>', '"', '\'']));
+            let back = xml
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&");
+            let allowed: String = s
+                .chars()
+                .filter(|c| (*c as u32) >= 0x20 || matches!(c, '\t' | '\n' | '\r'))
+                .collect();
+            proptest::prop_assert_eq!(back, allowed);
+        }
     }
 
     #[test]

@@ -105,18 +105,9 @@ pub async fn run(plan: &Plan, route: &Route, input: Input) -> Result<Reply, Rout
                             Some(request)
                                 if error.retry() == tilts_adapters::contract::Retry::Retryable =>
                             {
-                                let ordering_key = match &route.ordering_key {
-                                    Some(t) => Some(plan.mappings.render_string(t, &ctx).map_err(
-                                        |error| RouteError::Mapping {
-                                            label: "ordering_key".into(),
-                                            error,
-                                        },
-                                    )?),
-                                    None => None,
-                                };
                                 RouteError::Deferred(Box::new(Deferred {
                                     request,
-                                    ordering_key,
+                                    ordering_key: ordering_key(plan, route, &ctx)?,
                                     error,
                                 }))
                             }
@@ -205,10 +196,7 @@ impl<'a> Exchange<'a> {
                             .plan
                             .mappings
                             .render(template, ctx)
-                            .map_err(|error| RouteError::Mapping {
-                                label: label.clone(),
-                                error,
-                            })?
+                            .map_err(in_step(label))?
                             .into_value();
                         let key = as_name.as_deref().unwrap_or("payload");
                         set(ctx, key, out);
@@ -256,13 +244,7 @@ impl<'a> Exchange<'a> {
         t: &crate::mapping::TemplateRef,
         ctx: &Context,
     ) -> Result<Rendered, RouteError> {
-        self.plan
-            .mappings
-            .render(t, ctx)
-            .map_err(|error| RouteError::Mapping {
-                label: label.to_string(),
-                error,
-            })
+        self.plan.mappings.render(t, ctx).map_err(in_step(label))
     }
 
     fn render_body(
@@ -274,10 +256,7 @@ impl<'a> Exchange<'a> {
         self.plan
             .mappings
             .render_body(t, ctx)
-            .map_err(|error| RouteError::Mapping {
-                label: label.to_string(),
-                error,
-            })
+            .map_err(in_step(label))
     }
 
     fn render_headers(
@@ -289,12 +268,11 @@ impl<'a> Exchange<'a> {
         headers
             .iter()
             .map(|(k, t)| {
-                let v = self.plan.mappings.render_string(t, ctx).map_err(|error| {
-                    RouteError::Mapping {
-                        label: label.to_string(),
-                        error,
-                    }
-                })?;
+                let v = self
+                    .plan
+                    .mappings
+                    .render_string(t, ctx)
+                    .map_err(in_step(label))?;
                 let v = HeaderValue::from_str(&v).map_err(|_| RouteError::Mapping {
                     label: label.to_string(),
                     error: MappingError {
@@ -352,12 +330,11 @@ impl<'a> Exchange<'a> {
         };
         let user_id = match &call.user_id {
             Some(t) => {
-                let text = self.plan.mappings.render_string(t, ctx).map_err(|error| {
-                    RouteError::Mapping {
-                        label: label.to_string(),
-                        error,
-                    }
-                })?;
+                let text = self
+                    .plan
+                    .mappings
+                    .render_string(t, ctx)
+                    .map_err(in_step(label))?;
                 // An empty user id (e.g. `{{default headers.[x-user-id] ""}}`) means none.
                 if text.trim().is_empty() {
                     None
@@ -372,16 +349,14 @@ impl<'a> Exchange<'a> {
             None => None,
         };
         // A broker's "path" is the routing key.
-        let path =
-            match call.path.as_ref().or(call.routing_key.as_ref()) {
-                Some(t) => self.plan.mappings.render_string(t, ctx).map_err(|error| {
-                    RouteError::Mapping {
-                        label: label.to_string(),
-                        error,
-                    }
-                })?,
-                None => String::new(),
-            };
+        let path = match call.path.as_ref().or(call.routing_key.as_ref()) {
+            Some(t) => self
+                .plan
+                .mappings
+                .render_string(t, ctx)
+                .map_err(in_step(label))?,
+            None => String::new(),
+        };
         let mut headers = self.render_headers(label, &call.headers, ctx)?;
         let to_xml = |v: &Value| {
             xml::from_json(v).map(Bytes::from).map_err(|e| {
@@ -559,19 +534,7 @@ pub async fn prepare(plan: &Plan, route: &Route, input: Input) -> Result<Prepare
         },
     })?;
     let out = ex.render_request(to, "to", &ctx)?;
-    let ordering_key = match &route.ordering_key {
-        Some(t) => {
-            Some(
-                plan.mappings
-                    .render_string(t, &ctx)
-                    .map_err(|error| RouteError::Mapping {
-                        label: "ordering_key".into(),
-                        error,
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let ordering_key = ordering_key(plan, route, &ctx)?;
     Ok(Prepared {
         request: StoredRequest::from_outgoing(&out),
         ordering_key,
@@ -631,6 +594,27 @@ pub async fn deliver(
             detail: other.to_string(),
         }),
     }
+}
+
+/// Wraps a template's failure with the step (or setting) it happened in.
+fn in_step(label: &str) -> impl FnOnce(MappingError) -> RouteError + '_ {
+    move |error| RouteError::Mapping {
+        label: label.to_string(),
+        error,
+    }
+}
+
+/// The queued message's `ordering_key`, rendered from the exchange.
+fn ordering_key(plan: &Plan, route: &Route, ctx: &Context) -> Result<Option<String>, RouteError> {
+    route
+        .ordering_key
+        .as_ref()
+        .map(|t| {
+            plan.mappings
+                .render_string(t, ctx)
+                .map_err(in_step("ordering_key"))
+        })
+        .transpose()
 }
 
 fn set(ctx: &mut Context, key: &str, v: Value) {
