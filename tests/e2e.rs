@@ -968,3 +968,51 @@ async fn slow_clients_are_cut_off_and_http_threads_are_as_configured() {
         .collect();
     assert_eq!(threads.len(), 3, "HTTP threads: {threads:?}");
 }
+
+/// Bodies above 256 KB are read as data on the blocking pool rather than on the connection's
+/// HTTP thread; they must come out the same: a JSON body is validated (here: a field too
+/// long), and a SOAP envelope's Body runs through its route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_read_as_data_like_small_ones() {
+    let sims = sims().await;
+    let tilts = Tilts::start(&shipped_routes(), &sims, "info").await;
+    let c = client();
+
+    let mut big = application(470, "150285-10005");
+    big["notes"] = json!("n".repeat(400 * 1024));
+    let a = post_json(&c, &tilts.url("/v1/applications"), &big).await;
+    let problem = a.problem(422, "invalid-request");
+    assert_eq!(
+        violations(&problem)
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        ["/notes"],
+        "{problem}"
+    );
+
+    let padding = "p".repeat(400 * 1024);
+    let a = Answer::from(
+        c.post(tilts.url("/soap/person"))
+            .header("content-type", "text/xml; charset=utf-8")
+            .body(format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><p:GetPerson xmlns:p="urn:x-tilts:person:v1"><p:PersonalCode>{}</p:PersonalCode><p:Note>{padding}</p:Note></p:GetPerson></s:Body></s:Envelope>"#,
+                pr::ACTIVE
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", &a.text[..a.text.len().min(500)]);
+    assert!(a.text.contains("GetPersonResponse"), "{}", a.text);
+    let asked = sims
+        .population_register
+        .requests()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(pr::ACTIVE));
+    assert!(
+        asked,
+        "the register was asked for the person in the large envelope"
+    );
+}

@@ -15,6 +15,7 @@ use axum::extract::{RawPathParams, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on};
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tilts_adapters::contract::FailureKind;
 
@@ -199,7 +200,7 @@ pub(crate) async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request
             );
         }
     };
-    let body = match parse_request_body(&parts.headers, &bytes) {
+    let body = match read_as_data(&parts.headers, &bytes).await {
         Ok(v) => v,
         Err(p) => {
             return finish(
@@ -230,7 +231,7 @@ pub(crate) async fn run_request(
     route: Arc<Route>,
     mut parts: http::request::Parts,
     body: Value,
-    raw: bytes::Bytes,
+    raw: Bytes,
     message_id: String,
     started: Instant,
 ) -> Response {
@@ -553,6 +554,30 @@ pub fn problem_for(e: &RouteError) -> Problem {
             }
             p
         }
+    }
+}
+
+/// Bodies larger than this are read as data on the blocking pool: a connection's requests
+/// run on one HTTP thread, and reading megabytes of JSON or XML there would hold up the other
+/// connections of that thread for as long.
+pub(crate) const INLINE_PARSE_LIMIT: usize = 256 * 1024;
+
+/// [`parse_request_body`], off the HTTP thread for a large body.
+// A problem is only built on the error path; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+async fn read_as_data(headers: &axum::http::HeaderMap, bytes: &Bytes) -> Result<Value, Problem> {
+    if bytes.len() <= INLINE_PARSE_LIMIT {
+        return parse_request_body(headers, bytes);
+    }
+    let (headers, bytes) = (headers.clone(), bytes.clone());
+    match tokio::task::spawn_blocking(move || parse_request_body(&headers, &bytes)).await {
+        Ok(parsed) => parsed,
+        Err(_) => Err(Problem::new(
+            500,
+            "internal-error",
+            "The body could not be read",
+            "reading the body as data failed inside tilts",
+        )),
     }
 }
 

@@ -89,19 +89,38 @@ async fn handle(state: Arc<AppState>, route: Arc<Route>, req: Request) -> Respon
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // The Body's request element is read as data in the same pass as the envelope.
-    let (envelope, data) =
-        match soap::parse_envelope_with_data(&bytes, limit, MAX_DEPTH, &xml::Limits::default()) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::info!(route = %route.id, error = %e, "SOAP request refused");
+    // A large envelope is read on the blocking pool, not on the connection's HTTP thread.
+    let parse = {
+        let bytes = bytes.clone();
+        move || soap::parse_envelope_with_data(&bytes, limit, MAX_DEPTH, &xml::Limits::default())
+    };
+    let parsed = if bytes.len() <= crate::server::INLINE_PARSE_LIMIT {
+        parse()
+    } else {
+        match tokio::task::spawn_blocking(parse).await {
+            Ok(p) => p,
+            Err(_) => {
                 return fault(
                     version,
-                    FaultCode::Client,
-                    "The request is not an acceptable SOAP envelope",
-                    &json!({"detail": e.to_string()}),
+                    FaultCode::Server,
+                    "The request could not be read",
+                    &Value::Null,
                 );
             }
-        };
+        }
+    };
+    let (envelope, data) = match parsed {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::info!(route = %route.id, error = %e, "SOAP request refused");
+            return fault(
+                version,
+                FaultCode::Client,
+                "The request is not an acceptable SOAP envelope",
+                &json!({"detail": e.to_string()}),
+            );
+        }
+    };
     if envelope.version != version || !content_type_fits(version, ct) {
         return fault(
             version,
