@@ -1,18 +1,18 @@
-//! A fast path for the commonest templates: literal text and `{{a.b.c}}` / `{{{a.b.c}}}` value
-//! expressions, nothing else.
+//! A fast path for the commonest templates: literal text, field expressions (`{{a.b.c}}`,
+//! `{{{raw}}}`) and plain `{{#with a.b}}...{{/with}}` blocks, nothing else.
 //!
 //! Most templates of a route (request bodies, headers, paths, answers) only copy fields of the
 //! message into text. Handlebars renders those through its general machinery (a render
 //! context, helper lookups, a string per value); this renders them in one pass over the
 //! compiled template into one buffer.
 //!
-//! It never decides anything Handlebars would decide differently: a template qualifies only when
-//! Handlebars' own parse of it is text and name-only expressions of dotted paths (never a helper's
-//! name),
-//! and [`Simple::render`] gives up (returns `None`) on any value it does not render the way
-//! Handlebars does (a missing field, null, an object, an array, a path through an array). The
-//! caller then renders with Handlebars, which produces the output or the error. A property test
-//! holds the two to the same output.
+//! It never decides anything Handlebars would decide differently. A template qualifies only
+//! when Handlebars' own parse of it has nothing but those elements, and a one-word expression
+//! (`{{name}}`) only when `name` is no helper (helpers take precedence over fields in
+//! Handlebars). [`Simple::render`] gives up (returns `None`) on any value it does not render the
+//! way Handlebars does (a missing field, null, an object, an array, a path through an array, a
+//! `with` of anything but a non-empty object); the caller then renders with Handlebars, which
+//! produces the output or the error. A property test holds the two to the same output.
 
 use std::fmt::Write as _;
 
