@@ -93,6 +93,10 @@ use tilts_engine::worker::WorkerOptions;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{Errors, cpu_model, env_flag, error_text, load_average, verdict};
+
 const ROUTE_ID: &str = "application-forward";
 const ROUTE_PATH: &str = "/v1/applications/forward";
 /// A year of VPVKAC traffic.
@@ -250,13 +254,6 @@ fn env_opt<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
             .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
         _ => Ok(None),
     }
-}
-
-fn env_flag(name: &str) -> bool {
-    matches!(
-        std::env::var(name).as_deref().map(str::trim),
-        Ok("1" | "true" | "yes" | "on")
-    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2422,10 +2419,6 @@ fn print_summary(s: &Settings, results: &[StoreResult], cpus: usize) {
     }
 }
 
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS  <<<<<<<<<<" }
-}
-
 // ------------------------------------------------------------------------------------------
 // CPU accounting: per part of this process (threads are named per runtime), the PostgreSQL
 // server's processes, and the whole machine.
@@ -2580,29 +2573,6 @@ fn print_cpu(w: &CpuWindow, messages: u64) {
 // ------------------------------------------------------------------------------------------
 // Small helpers.
 
-#[derive(Default)]
-struct Errors {
-    count: u64,
-    first: Vec<String>,
-}
-
-impl Errors {
-    fn add(&mut self, e: String) {
-        self.count += 1;
-        if self.first.len() < 3 && !self.first.contains(&e) {
-            self.first.push(e);
-        }
-    }
-    fn merge(&mut self, other: Errors) {
-        self.count += other.count;
-        for e in other.first {
-            if self.first.len() < 3 && !self.first.contains(&e) {
-                self.first.push(e);
-            }
-        }
-    }
-}
-
 fn print_errors(e: &Errors) {
     if e.count > 0 {
         println!("  !!! {} request(s) FAILED; first errors:", e.count);
@@ -2610,17 +2580,6 @@ fn print_errors(e: &Errors) {
             println!("  !!!   {t}");
         }
     }
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 fn mean_ms(sorted_us: &[u32]) -> f64 {
@@ -2663,23 +2622,4 @@ fn fmt_duration(secs: f64) -> String {
     } else {
         format!("{secs:.1}s")
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "CPU model unknown".into())
 }

@@ -36,6 +36,9 @@ use anyhow::{Context as _, anyhow, bail};
 use tilts_adapters::sim::{SimServer, population_register as pr};
 use tokio::runtime::Runtime;
 
+#[path = "common/bench.rs"]
+mod bench;
+use bench::env_num;
 #[path = "common/usage.rs"]
 mod usage;
 use usage::{Usage, thread_usage, usage_delta};
@@ -47,13 +50,6 @@ fn main() {
     if let Err(e) = run() {
         eprintln!("soap_route benchmark could not run: {e:#}");
         std::process::exit(2);
-    }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|_| anyhow!("{name}={v} is not a number")),
-        Err(_) => Ok(default),
     }
 }
 

@@ -57,6 +57,9 @@ use serde_json::{Value, json};
 use tilts_engine::plan::{Plan, Step};
 use tokio::runtime::Runtime;
 
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{Errors, cpu_model, env_flag, env_num, error_text, load_average, verdict};
 #[path = "common/usage.rs"]
 mod usage;
 use usage::{Usage, usage_delta};
@@ -122,23 +125,6 @@ impl Settings {
         }
         Ok(s)
     }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
-        _ => Ok(default),
-    }
-}
-
-fn env_flag(name: &str) -> bool {
-    matches!(
-        std::env::var(name).as_deref().map(str::trim),
-        Ok("1" | "true" | "yes" | "on")
-    )
 }
 
 /// The three parts' runtimes (the same one three times with `BENCH_SHARED_RUNTIME=1`).
@@ -305,10 +291,6 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS  <<<<<<<<<<" }
-}
-
 fn print_header(s: &Settings, cpus: usize) {
     println!("tilts benchmark: sync route, validate + map + call + map, against the direct call");
     println!("==============================================================================");
@@ -384,25 +366,6 @@ fn pin_threads(cpus: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "CPU model unknown".into())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -579,40 +542,6 @@ async fn send(client: &reqwest::Client, t: &Target) -> Result<(), String> {
         return Err(format!("answered {status}: {text}"));
     }
     Ok(())
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-#[derive(Default)]
-struct Errors {
-    count: u64,
-    first: Vec<String>,
-}
-
-impl Errors {
-    fn add(&mut self, e: String) {
-        self.count += 1;
-        if self.first.len() < 3 && !self.first.contains(&e) {
-            self.first.push(e);
-        }
-    }
-    fn merge(&mut self, other: Errors) {
-        self.count += other.count;
-        for e in other.first {
-            if self.first.len() < 3 && !self.first.contains(&e) {
-                self.first.push(e);
-            }
-        }
-    }
 }
 
 struct Throughput {

@@ -1,0 +1,88 @@
+//! Helpers the benchmarks share (included with `#[path]`): settings from the environment, the
+//! machine's description, failed requests counted with the first few texts, verdicts.
+
+// Each benchmark uses some of these.
+#![allow(dead_code)]
+
+use anyhow::anyhow;
+
+/// A number from the environment; unset or blank gives `default`.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
+        _ => Ok(default),
+    }
+}
+
+/// Whether a flag is on in the environment (`1`, `true`, `yes`, `on`).
+pub fn env_flag(name: &str) -> bool {
+    matches!(
+        std::env::var(name).as_deref().map(str::trim),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
+/// How a target reads in the report.
+pub fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS  <<<<<<<<<<" }
+}
+
+/// The load averages (1, 5, 15 minutes).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The CPU's model name.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU model unknown".into())
+}
+
+/// An error with its causes, on one line.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Failed requests: how many, and the first few different texts.
+#[derive(Default)]
+pub struct Errors {
+    pub count: u64,
+    pub first: Vec<String>,
+}
+
+impl Errors {
+    pub fn add(&mut self, e: String) {
+        self.count += 1;
+        if self.first.len() < 3 && !self.first.contains(&e) {
+            self.first.push(e);
+        }
+    }
+    pub fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        for e in other.first {
+            if self.first.len() < 3 && !self.first.contains(&e) {
+                self.first.push(e);
+            }
+        }
+    }
+}
