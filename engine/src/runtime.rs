@@ -18,7 +18,7 @@ use tilts_adapters::profile::UserId;
 use tilts_adapters::xml;
 
 use crate::exchange::{self, Answer};
-use crate::mapping::{MappingError, Rendered};
+use crate::mapping::{MappingError, Mappings, Rendered};
 use crate::plan::{Call, Plan, Respond, Route, Step};
 use crate::schema::Violation;
 
@@ -238,25 +238,14 @@ impl<'a> Exchange<'a> {
         })
     }
 
-    fn render(
+    /// A template rendered by `render` (one of the [`Mappings`] renderers), a failure named after
+    /// the step.
+    fn rendered<T>(
         &self,
         label: &str,
-        t: &crate::mapping::TemplateRef,
-        ctx: &Context,
-    ) -> Result<Rendered, RouteError> {
-        self.plan.mappings.render(t, ctx).map_err(in_step(label))
-    }
-
-    fn render_body(
-        &self,
-        label: &str,
-        t: &crate::mapping::TemplateRef,
-        ctx: &Context,
-    ) -> Result<String, RouteError> {
-        self.plan
-            .mappings
-            .render_body(t, ctx)
-            .map_err(in_step(label))
+        render: impl FnOnce(&Mappings) -> Result<T, MappingError>,
+    ) -> Result<T, RouteError> {
+        render(&self.plan.mappings).map_err(in_step(label))
     }
 
     fn render_headers(
@@ -268,11 +257,7 @@ impl<'a> Exchange<'a> {
         headers
             .iter()
             .map(|(k, t)| {
-                let v = self
-                    .plan
-                    .mappings
-                    .render_string(t, ctx)
-                    .map_err(in_step(label))?;
+                let v = self.rendered(label, |m| m.render_string(t, ctx))?;
                 let v = HeaderValue::from_str(&v).map_err(|_| RouteError::Mapping {
                     label: label.to_string(),
                     error: MappingError {
@@ -292,7 +277,7 @@ impl<'a> Exchange<'a> {
                 status: r.status,
                 content_type: t.format.content_type().to_string(),
                 headers: Vec::new(),
-                body: Bytes::from(self.render_body(label, t, ctx)?),
+                body: Bytes::from(self.rendered(label, |m| m.render_body(t, ctx))?),
             },
             None => json_reply(r.status, &ctx.data()["payload"]),
         };
@@ -330,11 +315,7 @@ impl<'a> Exchange<'a> {
         };
         let user_id = match &call.user_id {
             Some(t) => {
-                let text = self
-                    .plan
-                    .mappings
-                    .render_string(t, ctx)
-                    .map_err(in_step(label))?;
+                let text = self.rendered(label, |m| m.render_string(t, ctx))?;
                 // An empty user id (e.g. `{{default headers.[x-user-id] ""}}`) means none.
                 if text.trim().is_empty() {
                     None
@@ -350,11 +331,7 @@ impl<'a> Exchange<'a> {
         };
         // A broker's "path" is the routing key.
         let path = match call.path.as_ref().or(call.routing_key.as_ref()) {
-            Some(t) => self
-                .plan
-                .mappings
-                .render_string(t, ctx)
-                .map_err(in_step(label))?,
+            Some(t) => self.rendered(label, |m| m.render_string(t, ctx))?,
             None => String::new(),
         };
         let mut headers = self.render_headers(label, &call.headers, ctx)?;
@@ -368,7 +345,7 @@ impl<'a> Exchange<'a> {
         let body = if call.system.soap.is_some() {
             // SOAP: the payload is XML, from an XML template or converted from JSON data.
             Some(match &call.body {
-                Some(t) => match self.render(label, t, ctx)? {
+                Some(t) => match self.rendered(label, |m| m.render(t, ctx))? {
                     Rendered::Text(s) => Bytes::from(s),
                     Rendered::Json(v) => to_xml(&v)?,
                 },
@@ -380,7 +357,7 @@ impl<'a> Exchange<'a> {
         } else {
             match &call.body {
                 Some(t) => {
-                    let body = self.render_body(label, t, ctx)?;
+                    let body = self.rendered(label, |m| m.render_body(t, ctx))?;
                     headers.push((
                         http::header::CONTENT_TYPE,
                         HeaderValue::from_static(t.format.content_type()),

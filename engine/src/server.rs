@@ -224,19 +224,18 @@ pub(crate) fn new_message_id(route: &Route) -> String {
     }
 }
 
-/// Runs a route on a request whose body is read as data already; `raw` is the body as it is
+/// Runs a route on a request whose body is read as data already; `bytes` is the body as it is
 /// stored with a queued message.
 pub(crate) async fn run_request(
     state: Arc<AppState>,
     route: Arc<Route>,
     mut parts: http::request::Parts,
     body: Value,
-    raw: Bytes,
+    bytes: Bytes,
     message_id: String,
     started: Instant,
 ) -> Response {
     let plan = &state.plan;
-    let bytes = raw;
     let params = path_params(&mut parts).await;
     let query = parts
         .uri
