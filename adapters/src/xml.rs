@@ -350,13 +350,20 @@ impl Tree for Map<String, Value> {
 /// Puts a child element's value under its name, turning repeats into arrays (at the position
 /// of the first occurrence).
 fn add_child(map: &mut Map<String, Value>, name: String, value: Value) {
-    match map.entry(name) {
+    // An element's own value is never an array, so an array here is earlier repeats.
+    add_repeat(map, name, value, true);
+}
+
+/// Puts `value` under `key`; a repeated key turns the entry into an array, at the position of
+/// the first occurrence. With `extend`, an array already there holds earlier repeats and gets
+/// the value appended; without, it is a value of its own and becomes the new array's first item.
+fn add_repeat(map: &mut Map<String, Value>, key: String, value: Value, extend: bool) {
+    match map.entry(key) {
         Entry::Vacant(entry) => {
             entry.insert(value);
         }
         Entry::Occupied(mut entry) => match entry.get_mut() {
-            // An element's own value is never an array, so an array here is earlier repeats.
-            Value::Array(items) => items.push(value),
+            Value::Array(items) if extend => items.push(value),
             existing => {
                 let first = existing.take();
                 *existing = Value::Array(vec![first, value]);
@@ -425,18 +432,7 @@ fn local_level(map: Map<String, Value>) -> Value {
             if let Some(colon) = key.rfind(':') {
                 key.replace_range(usize::from(attribute)..=colon, "");
             }
-            match out.entry(key) {
-                Entry::Vacant(entry) => {
-                    entry.insert(value);
-                }
-                Entry::Occupied(mut entry) => match entry.get_mut() {
-                    Value::Array(items) if !attribute => items.push(value),
-                    existing => {
-                        let first = existing.take();
-                        *existing = Value::Array(vec![first, value]);
-                    }
-                },
-            }
+            add_repeat(&mut out, key, value, !attribute);
         }
         out
     } else {
@@ -470,16 +466,8 @@ pub fn local_names(v: Value) -> Value {
                     None => local(&k).to_string(),
                 };
                 let v = local_names(v);
-                match out.get_mut(&key) {
-                    None => {
-                        out.insert(key, v);
-                    }
-                    Some(Value::Array(items)) if !key.starts_with('@') => items.push(v),
-                    Some(existing) => {
-                        let first = existing.take();
-                        *existing = Value::Array(vec![first, v]);
-                    }
-                }
+                let element = !key.starts_with('@');
+                add_repeat(&mut out, key, v, element);
             }
             // An element left with only its text reads as a string, as the conversion writes it.
             if out.len() == 1
@@ -584,6 +572,13 @@ impl<T: Tree> Reading<T> {
         Ok(())
     }
 
+    /// Text at `pos` joins the run of text since the last tag; a new run starts there.
+    fn continue_run(&mut self, pos: u64) {
+        if self.run.is_empty() {
+            self.run_start = pos;
+        }
+    }
+
     /// Text.
     pub(crate) fn text(
         &mut self,
@@ -591,9 +586,7 @@ impl<T: Tree> Reading<T> {
         text: &BytesText<'_>,
         pos: u64,
     ) -> Result<(), XmlError> {
-        if self.run.is_empty() {
-            self.run_start = pos;
-        }
+        self.continue_run(pos);
         check_chars(xml, text, pos)?;
         self.run.push_str(&text.xml10_content());
         Ok(())
@@ -606,9 +599,7 @@ impl<T: Tree> Reading<T> {
         cdata: &BytesCData<'_>,
         pos: u64,
     ) -> Result<(), XmlError> {
-        if self.run.is_empty() {
-            self.run_start = pos;
-        }
+        self.continue_run(pos);
         // The content starts after `<![CDATA[`.
         check_chars(xml, cdata, pos + 9)?;
         self.run.push_str(&cdata.xml10_content());
@@ -623,9 +614,7 @@ impl<T: Tree> Reading<T> {
         reference: &BytesRef<'_>,
         pos: u64,
     ) -> Result<(), XmlError> {
-        if self.run.is_empty() {
-            self.run_start = pos;
-        }
+        self.continue_run(pos);
         let resolved = if reference.is_char_ref() {
             reference.resolve_char_ref().ok().flatten()
         } else {
