@@ -32,6 +32,10 @@
 //!   tilts carries against what the other cores' generator and upstream can make
 //! - `BENCH_PROFILE=1` also measure route variants (without validate, without templates, bare
 //!   proxy, without the call) and the cost of each step in isolation
+//! - `BENCH_SWEEP=1` also measure the added latency against load (phase 3): at 10, 20, 30, 40
+//!   and 50% of the tilts maximum, or at the fractions given (`BENCH_SWEEP=0.05,0.25,0.5`),
+//!   direct and through tilts alternately `BENCH_REPEAT` times (default 3), with the medians;
+//!   says up to which load the added p99 stays under the target on this machine
 //! - `BENCH_LOG=1` install tilts' logging (one line per request on stderr, as `tilts serve`
 //!   does); redirect stderr, e.g. `2>/dev/null`
 
@@ -59,7 +63,10 @@ use tokio::runtime::Runtime;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{Errors, cpu_model, env_flag, env_num, error_text, load_average, verdict};
+use bench::{
+    Errors, cpu_model, env_flag, env_num, error_text, load_average, narrow_timer_slack,
+    sleep_lateness_us, thread_id, verdict,
+};
 #[path = "common/usage.rs"]
 mod usage;
 use usage::{Usage, usage_delta};
@@ -69,6 +76,8 @@ const CASE_ANSWER: &str = r#"{"caseNumber":"SD-2026-000123","status":"registered
 const CASE_NUMBER: &str = "SD-2026-000123";
 const WARMUP: Duration = Duration::from_secs(2);
 const ROUTE_PATH: &str = "/v1/applications";
+/// The bench route file's bare proxy: call + respond(echo), no engine steps.
+const PROXY_PATH: &str = "/v1/variants/call-only";
 /// Connections the upstream simulator accepted so far (shows whether callers reuse them).
 static UPSTREAM_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 /// Throughput target: tilts at least this share of the direct throughput.
@@ -93,6 +102,36 @@ struct Settings {
     pin: bool,
     profile: bool,
     log: bool,
+    /// Fractions of the tilts maximum the latency sweep measures at (empty: no sweep).
+    sweep: Vec<f64>,
+    /// Runs of direct and through tilts at each point of the sweep.
+    repeat: usize,
+}
+
+/// The sweep's points when `BENCH_SWEEP=1`.
+const DEFAULT_SWEEP: [f64; 5] = [0.1, 0.2, 0.3, 0.4, 0.5];
+
+/// `BENCH_SWEEP`: off, `1` (the default points) or a comma-separated list of fractions of the
+/// maximum, each above 0 and at most 1.
+fn sweep_points(value: Option<&str>) -> anyhow::Result<Vec<f64>> {
+    let v = value.map(str::trim).unwrap_or("");
+    match v {
+        "" | "0" | "false" | "no" | "off" => return Ok(Vec::new()),
+        "1" | "true" | "yes" | "on" => return Ok(DEFAULT_SWEEP.to_vec()),
+        _ => {}
+    }
+    v.split(',')
+        .map(|f| {
+            let f = f.trim();
+            match f.parse::<f64>() {
+                Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+                _ => Err(anyhow!(
+                    "BENCH_SWEEP={v:?}: {f:?} is not a fraction of the maximum above 0 and at \
+                     most 1 (write e.g. BENCH_SWEEP=0.1,0.25,0.5, or BENCH_SWEEP=1 for 10% to 50%)"
+                )),
+            }
+        })
+        .collect()
 }
 
 impl Settings {
@@ -113,12 +152,16 @@ impl Settings {
             pin: env_flag("BENCH_PIN"),
             profile: env_flag("BENCH_PROFILE"),
             log: env_flag("BENCH_LOG"),
+            sweep: sweep_points(std::env::var("BENCH_SWEEP").ok().as_deref())?,
+            repeat: env_num("BENCH_REPEAT", 3)?,
         };
         if s.pin && (s.shared_runtime || cpus < 2) {
             bail!("BENCH_PIN needs two CPUs or more and a runtime per part");
         }
-        if s.concurrency == 0 || s.seconds == 0 || s.threads == 0 {
-            bail!("BENCH_CONCURRENCY, BENCH_SECONDS and BENCH_THREADS must be at least 1");
+        if s.concurrency == 0 || s.seconds == 0 || s.threads == 0 || s.repeat == 0 {
+            bail!(
+                "BENCH_CONCURRENCY, BENCH_SECONDS, BENCH_THREADS and BENCH_REPEAT must be at least 1"
+            );
         }
         if s.rate.is_some_and(|r: f64| r.is_nan() || r <= 0.0) {
             bail!("BENCH_RATE must be a positive number of requests per second");
@@ -246,7 +289,6 @@ fn run() -> anyhow::Result<()> {
     let client = new_client(settings.concurrency)?;
     let direct_lat = open_loop(&rts.load, &client, &direct_target, rate, measure);
     let tilts_lat = open_loop(&rts.load, &client, &tilts_target, rate, measure);
-    drop(client);
     let added_p99 = print_latency(&direct_lat, &tilts_lat);
     println!();
     print_usage_table(
@@ -254,8 +296,27 @@ fn run() -> anyhow::Result<()> {
         &[("direct", &direct_lat.usage), ("tilts", &tilts_lat.usage)],
     );
 
+    // Phase 3.
+    let mut sweep_errors = 0;
+    if !settings.sweep.is_empty() {
+        let sweep = Sweep {
+            rt: &rts.load,
+            client: &client,
+            direct: &direct_target,
+            tilts: &tilts_target,
+            proxy: &Arc::new(Target {
+                url: format!("http://{tilts_addr}{PROXY_PATH}"),
+                body: application.clone(),
+            }),
+            measure,
+            repeat: settings.repeat,
+        };
+        sweep_errors = sweep.run(&settings.sweep, tilts.rate());
+    }
+    drop(client);
+
     // Verdict.
-    let errors = direct.errors + tilts.errors + direct_lat.errors + tilts_lat.errors;
+    let errors = direct.errors + tilts.errors + direct_lat.errors + tilts_lat.errors + sweep_errors;
     println!();
     println!("Targets:");
     println!(
@@ -283,6 +344,9 @@ fn run() -> anyhow::Result<()> {
         println!();
         println!("(BENCH_PROFILE=1 also measures route variants and the cost of each step.)");
     }
+    if settings.sweep.is_empty() {
+        println!("(BENCH_SWEEP=1 also measures the added latency at 10% to 50% of the maximum.)");
+    }
 
     println!();
     println!("load average at the end: {}", load_average());
@@ -295,6 +359,12 @@ fn print_header(s: &Settings, cpus: usize) {
     println!("tilts benchmark: sync route, validate + map + call + map, against the direct call");
     println!("==============================================================================");
     println!("machine:   {cpus} CPUs (nproc), {}", cpu_model());
+    let (p50, p99, p999, max) = sleep_lateness_us(5000);
+    println!(
+        "           a 100 us sleep on the idle process wakes late by p50 {p50:.0} us, p99 {p99:.0} \
+         us, p99.9 {p999:.0} us, max {max:.0} us (the machine's own stalls; they count in every \
+         latency below)"
+    );
     println!(
         "           load average at start: {} (other processes compete for the same cores and add noise)",
         load_average()
@@ -792,15 +862,11 @@ fn open_loop(
 /// `renice`; the priority needs root or CAP_SYS_NICE). Returns what could not be done, for the
 /// report.
 fn make_dispatcher_punctual() -> Option<String> {
-    // "<pid>/task/<tid>": /proc/<tid> is this thread.
-    let tid = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
-    let Some(tid) = tid else {
+    let Some(tid) = thread_id() else {
         return Some("the dispatcher runs as is (no /proc/thread-self)".into());
     };
     let mut missed = Vec::new();
-    if std::fs::write(format!("/proc/{tid}/timerslack_ns"), "1").is_err() {
+    if !narrow_timer_slack() {
         missed.push("keeps the default 50 us timer slack");
     }
     let reniced = std::process::Command::new("renice")
@@ -832,6 +898,14 @@ struct Window {
     requests: u64,
     secs: f64,
     parts: BTreeMap<&'static str, Usage>,
+}
+
+impl Window {
+    /// CPUs the process kept busy on average during the window.
+    fn cpus_busy(&self) -> f64 {
+        let ns: u64 = self.parts.values().map(|u| u.ns).sum();
+        ns as f64 / 1e9 / self.secs.max(f64::MIN_POSITIVE)
+    }
 }
 
 /// Usage per part, summed over the process' threads.
@@ -913,7 +987,7 @@ fn print_usage_table(title: &str, runs: &[(&str, &Window)]) {
         println!(
             "{:>18}{:>11.2}",
             usage_cell(total, w.requests),
-            total.ns as f64 / 1e9 / w.secs
+            w.cpus_busy()
         );
     }
 }
@@ -990,6 +1064,172 @@ fn print_latency(direct: &Latencies, tilts: &Latencies) -> f64 {
 }
 
 // ------------------------------------------------------------------------------------------
+// BENCH_SWEEP: the added latency against load.
+
+/// Phase 3: the open loop at several fractions of the tilts maximum, direct and through tilts
+/// alternately, so that a slow spell of the machine falls on both alike.
+struct Sweep<'a> {
+    rt: &'a Runtime,
+    client: &'a reqwest::Client,
+    direct: &'a Arc<Target>,
+    tilts: &'a Arc<Target>,
+    /// The same request through tilts' bare-proxy route (call + echo, no engine steps): what
+    /// the two extra socket hops cost on this machine, without the route's work.
+    proxy: &'a Arc<Target>,
+    measure: Duration,
+    repeat: usize,
+}
+
+/// One point of the sweep: what the runs at one rate gave.
+#[derive(Default)]
+struct SweepPoint {
+    direct_p99: Vec<f64>,
+    tilts_p99: Vec<f64>,
+    added_p50: Vec<f64>,
+    added_p99: Vec<f64>,
+    proxy_added_p99: Vec<f64>,
+    /// CPUs the process kept busy, direct and through tilts.
+    direct_busy: Vec<f64>,
+    tilts_busy: Vec<f64>,
+    /// CPU time of tilts' threads per request, in microseconds.
+    tilts_us: Vec<f64>,
+    errors: u64,
+}
+
+impl SweepPoint {
+    fn add(&mut self, direct: &Latencies, tilts: &Latencies, proxy: &Latencies) {
+        let (d50, d99) = (pct_ms(&direct.sorted, 50.0), pct_ms(&direct.sorted, 99.0));
+        let (t50, t99) = (pct_ms(&tilts.sorted, 50.0), pct_ms(&tilts.sorted, 99.0));
+        self.direct_p99.push(d99);
+        self.tilts_p99.push(t99);
+        self.added_p50.push(t50 - d50);
+        self.added_p99.push(t99 - d99);
+        self.proxy_added_p99.push(pct_ms(&proxy.sorted, 99.0) - d99);
+        self.direct_busy.push(direct.usage.cpus_busy());
+        self.tilts_busy.push(tilts.usage.cpus_busy());
+        let tilts_ns = tilts.usage.parts.get("tilts").map_or(0, |u| u.ns);
+        self.tilts_us
+            .push(per_request_us(tilts_ns, tilts.usage.requests));
+        self.errors += direct.errors + tilts.errors + proxy.errors;
+    }
+
+    /// Whether the median added p99 meets the target, with no request failed.
+    fn meets_target(&self) -> bool {
+        self.errors == 0 && median(&self.added_p99) < TARGET_ADDED_P99_MS
+    }
+}
+
+impl Sweep<'_> {
+    /// Measures and prints every point; returns the failed requests.
+    fn run(&self, fractions: &[f64], max_rate: f64) -> u64 {
+        println!();
+        println!(
+            "Phase 3: added latency against load (BENCH_SWEEP; at each rate direct, through \
+             tilts and through tilts' bare-proxy route (call + echo) in turn, {} time(s), {} s \
+             warm-up + {} s measured each; medians, with the lowest and highest run)",
+            self.repeat,
+            WARMUP.as_secs(),
+            self.measure.as_secs()
+        );
+        println!(
+            "  {:>7} {:>8} {:>15} {:>12} {:>11} {:>10} {:>10} {:>25} {:>11} {:>10}",
+            "of max",
+            "req/s",
+            "CPUs busy",
+            "tilts CPU",
+            "direct p99",
+            "tilts p99",
+            "added p50",
+            "added p99 [runs]",
+            "bare proxy",
+            "p99 < 1ms"
+        );
+        println!(
+            "  {:>7} {:>8} {:>15} {:>12} {:>11} {:>10} {:>10} {:>25} {:>11}",
+            "", "", "direct/tilts", "us/request", "ms", "ms", "ms", "ms", "added p99"
+        );
+        let mut errors = 0;
+        let mut met_up_to = None;
+        let mut missed = false;
+        for &f in fractions {
+            let rate = (max_rate * f).max(1.0);
+            let mut point = SweepPoint::default();
+            for _ in 0..self.repeat {
+                let d = open_loop(self.rt, self.client, self.direct, rate, self.measure);
+                let t = open_loop(self.rt, self.client, self.tilts, rate, self.measure);
+                let p = open_loop(self.rt, self.client, self.proxy, rate, self.measure);
+                point.add(&d, &t, &p);
+            }
+            errors += point.errors;
+            let met = point.meets_target();
+            if met && !missed {
+                met_up_to = Some(f);
+            }
+            missed |= !met;
+            println!(
+                "  {:>6.0}% {:>8.0} {:>15} {:>12.1} {:>11.3} {:>10.3} {:>10.3} {:>9.3} [{:.3}..{:.3}] {:>11.3} {:>5}{}",
+                f * 100.0,
+                rate,
+                format!(
+                    "{:.2} / {:.2}",
+                    median(&point.direct_busy),
+                    median(&point.tilts_busy)
+                ),
+                median(&point.tilts_us),
+                median(&point.direct_p99),
+                median(&point.tilts_p99),
+                median(&point.added_p50),
+                median(&point.added_p99),
+                min(&point.added_p99),
+                max(&point.added_p99),
+                median(&point.proxy_added_p99),
+                point
+                    .added_p99
+                    .iter()
+                    .filter(|&&a| a < TARGET_ADDED_P99_MS)
+                    .count(),
+                if point.errors > 0 {
+                    format!("   !!! {} request(s) failed", point.errors)
+                } else {
+                    format!(" of {}", self.repeat)
+                }
+            );
+        }
+        match met_up_to {
+            Some(f) => println!(
+                "  the median added p99 stays under {TARGET_ADDED_P99_MS:.0} ms up to {:.0}% of the \
+                 maximum ({:.0} req/s) on this machine",
+                f * 100.0,
+                max_rate * f
+            ),
+            None => println!(
+                "  the median added p99 is over {TARGET_ADDED_P99_MS:.0} ms already at the lowest \
+                 rate measured"
+            ),
+        }
+        errors
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+// ------------------------------------------------------------------------------------------
 // BENCH_PROFILE=1: where the time goes.
 
 fn profile(
@@ -1018,10 +1258,7 @@ fn profile(
             "/v1/variants/no-maps",
             "no-maps: validate + call + respond(echo, no template)",
         ),
-        (
-            "/v1/variants/call-only",
-            "call-only: call + respond(echo), a bare proxy",
-        ),
+        (PROXY_PATH, "call-only: call + respond(echo), a bare proxy"),
         (
             "/v1/variants/no-call",
             "no-call: validate + map + respond(echo), no upstream hop",

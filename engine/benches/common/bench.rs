@@ -86,3 +86,42 @@ impl Errors {
         }
     }
 }
+
+/// How late the machine wakes a thread that sleeps 100 us, over `samples` sleeps on an
+/// otherwise idle process: (p50, p99, p99.9, max) in microseconds. A virtual machine whose
+/// vCPUs the host deschedules shows it here before any benchmark runs; the timer slack of the
+/// calling thread is narrowed first (Linux), so the default 50 us slack is not counted.
+pub fn sleep_lateness_us(samples: usize) -> (f64, f64, f64, f64) {
+    narrow_timer_slack();
+    let nap = std::time::Duration::from_micros(100);
+    let mut late: Vec<u64> = (0..samples.max(1))
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::thread::sleep(nap);
+            t.elapsed().saturating_sub(nap).as_nanos() as u64
+        })
+        .collect();
+    late.sort_unstable();
+    let at = |p: f64| late[((p * late.len() as f64).ceil() as usize).clamp(1, late.len()) - 1];
+    let us = |ns: u64| ns as f64 / 1000.0;
+    (
+        us(at(0.5)),
+        us(at(0.99)),
+        us(at(0.999)),
+        us(late[late.len() - 1]),
+    )
+}
+
+/// This thread's id (Linux: `/proc/thread-self` links to `<pid>/task/<tid>`).
+pub fn thread_id() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
+}
+
+/// Narrows the calling thread's timer slack from the default 50 us to 1 ns, so that its sleeps
+/// end when asked (`/proc/<tid>/timerslack_ns`; there is no such file under thread-self).
+/// Returns whether it could.
+pub fn narrow_timer_slack() -> bool {
+    thread_id().is_some_and(|tid| std::fs::write(format!("/proc/{tid}/timerslack_ns"), "1").is_ok())
+}
