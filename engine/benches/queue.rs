@@ -95,7 +95,7 @@ use uuid::Uuid;
 
 #[path = "common/bench.rs"]
 mod bench;
-use bench::{Errors, cpu_model, env_flag, error_text, load_average, verdict};
+use bench::{Errors, cpu_model, env_flag, error_text, load_average, nearest_rank, verdict};
 
 const ROUTE_ID: &str = "application-forward";
 const ROUTE_PATH: &str = "/v1/applications/forward";
@@ -2591,11 +2591,7 @@ fn mean_ms(sorted_us: &[u32]) -> f64 {
 
 /// Nearest-rank percentile, in ms.
 fn pct_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil().max(1.0) as usize;
-    sorted_us[rank.min(sorted_us.len()) - 1] as f64 / 1000.0
+    nearest_rank(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
 fn fmt_n(n: u64) -> String {

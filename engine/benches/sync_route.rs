@@ -70,7 +70,7 @@ use tokio::runtime::Runtime;
 mod bench;
 use bench::{
     Errors, cpu_model, env_flag, env_num, error_text, load_average, narrow_timer_slack,
-    sleep_lateness_us, thread_id, verdict,
+    nearest_rank, sleep_lateness_us, thread_id, verdict,
 };
 #[path = "common/usage.rs"]
 mod usage;
@@ -309,7 +309,7 @@ fn run() -> anyhow::Result<()> {
             print_errors(l.errors, &l.first_errors);
         }
         phase2_errors += d.errors + t.errors;
-        added_runs.push(pct_ms(&t.sorted, 99.0) - pct_ms(&d.sorted, 99.0));
+        added_runs.push(t.added_ms(&d, 99.0));
     }
     let added_p99 = median(&added_runs);
     println!();
@@ -912,13 +912,16 @@ fn make_dispatcher_punctual() -> Option<String> {
     (!missed.is_empty()).then(|| format!("the dispatcher {}", missed.join(" and ")))
 }
 
-/// Nearest-rank percentile, in ms.
-fn pct_ms(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+impl Latencies {
+    /// The nearest-rank `p`th percentile, in ms.
+    fn pct_ms(&self, p: f64) -> f64 {
+        nearest_rank(&self.sorted, p).map_or(f64::NAN, |ns| ns as f64 / 1e6)
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1] as f64 / 1e6
+
+    /// What this run adds to `direct`'s latency at the `p`th percentile, in ms.
+    fn added_ms(&self, direct: &Latencies, p: f64) -> f64 {
+        self.pct_ms(p) - direct.pct_ms(p)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1056,7 +1059,7 @@ fn print_latency(direct: &Latencies, tilts: &Latencies) -> f64 {
     for (name, l) in [("direct", direct), ("tilts", tilts)] {
         print!("  {name:<8}");
         for (p, _) in PS {
-            print!("{:>10.3}", pct_ms(&l.sorted, p));
+            print!("{:>10.3}", l.pct_ms(p));
         }
         println!(
             "{:>12}{:>9}",
@@ -1066,10 +1069,7 @@ fn print_latency(direct: &Latencies, tilts: &Latencies) -> f64 {
     }
     print!("  {:<8}", "added");
     for (p, _) in PS {
-        print!(
-            "{:>10.3}",
-            pct_ms(&tilts.sorted, p) - pct_ms(&direct.sorted, p)
-        );
+        print!("{:>10.3}", tilts.added_ms(direct, p));
     }
     println!();
     for (name, l) in [("direct", direct), ("tilts", tilts)] {
@@ -1084,8 +1084,7 @@ fn print_latency(direct: &Latencies, tilts: &Latencies) -> f64 {
             );
         }
     }
-    let added_p50 = pct_ms(&tilts.sorted, 50.0) - pct_ms(&direct.sorted, 50.0);
-    let added_p99 = pct_ms(&tilts.sorted, 99.0) - pct_ms(&direct.sorted, 99.0);
+    let (added_p50, added_p99) = (tilts.added_ms(direct, 50.0), tilts.added_ms(direct, 99.0));
     println!("  added p50: {added_p50:.3} ms, added p99: {added_p99:.3} ms (this run)");
     added_p99
 }
@@ -1125,13 +1124,11 @@ struct SweepPoint {
 
 impl SweepPoint {
     fn add(&mut self, direct: &Latencies, tilts: &Latencies, proxy: &Latencies) {
-        let (d50, d99) = (pct_ms(&direct.sorted, 50.0), pct_ms(&direct.sorted, 99.0));
-        let (t50, t99) = (pct_ms(&tilts.sorted, 50.0), pct_ms(&tilts.sorted, 99.0));
-        self.direct_p99.push(d99);
-        self.tilts_p99.push(t99);
-        self.added_p50.push(t50 - d50);
-        self.added_p99.push(t99 - d99);
-        self.proxy_added_p99.push(pct_ms(&proxy.sorted, 99.0) - d99);
+        self.direct_p99.push(direct.pct_ms(99.0));
+        self.tilts_p99.push(tilts.pct_ms(99.0));
+        self.added_p50.push(tilts.added_ms(direct, 50.0));
+        self.added_p99.push(tilts.added_ms(direct, 99.0));
+        self.proxy_added_p99.push(proxy.added_ms(direct, 99.0));
         self.direct_busy.push(direct.usage.cpus_busy());
         self.tilts_busy.push(tilts.usage.cpus_busy());
         let tilts_ns = tilts.usage.parts.get("tilts").map_or(0, |u| u.ns);

@@ -102,14 +102,14 @@ pub fn sleep_lateness_us(samples: usize) -> (f64, f64, f64, f64) {
         })
         .collect();
     late.sort_unstable();
-    let at = |p: f64| late[((p * late.len() as f64).ceil() as usize).clamp(1, late.len()) - 1];
-    let us = |ns: u64| ns as f64 / 1000.0;
-    (
-        us(at(0.5)),
-        us(at(0.99)),
-        us(at(0.999)),
-        us(late[late.len() - 1]),
-    )
+    let us = |p: f64| nearest_rank(&late, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
+    (us(50.0), us(99.0), us(99.9), us(100.0))
+}
+
+/// The nearest-rank `p`th percentile (0 to 100) of sorted values; none of no values.
+pub fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()).checked_sub(1)?).copied()
 }
 
 /// This thread's id (Linux: `/proc/thread-self` links to `<pid>/task/<tid>`).
